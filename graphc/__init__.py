@@ -1,0 +1,99 @@
+"""graphc: a symbolic graph compiler for neural networks that emits C.
+
+Declare a network as a static graph, let the compiler derive its δ (backpropagation)
+recurrences symbolically, and train it through generated C compiled ahead of time.
+"""
+
+from graphc.errors import (
+    CheckpointError,
+    CompileError,
+    CompilerNotFoundError,
+    GraphcError,
+    GraphError,
+    NotDifferentiableError,
+    ShapeError,
+)
+from graphc import schedules
+from graphc.build import clear_cache
+from graphc.compiler import compile
+from graphc.explain import explain
+from graphc.graph import Graph, Init, Node
+from graphc.layers import dense
+from graphc.ops.elementwise import (
+    activation,
+    elu,
+    exp,
+    identity,
+    leaky_relu,
+    log,
+    relu,
+    sigmoid,
+    sign,
+    softplus,
+    square,
+    step,
+    tanh,
+)
+from graphc.ops.linalg import matmul
+from graphc.ops.loss import (
+    binary_cross_entropy,
+    cross_entropy,
+    mse,
+    one_hot,
+    sigmoid_binary_cross_entropy,
+    softmax_cross_entropy,
+)
+from graphc.ops.reduce import mean, sum
+from graphc.ops.shape import flatten, reshape
+from graphc.ops.softmax import softmax
+from graphc.optim import SGD, AdaGrad, Adam, Optimizer, RMSProp
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SGD",
+    "AdaGrad",
+    "Adam",
+    "Optimizer",
+    "RMSProp",
+    "clear_cache",
+    "compile",
+    "explain",
+    "schedules",
+    "CheckpointError",
+    "CompileError",
+    "CompilerNotFoundError",
+    "Graph",
+    "GraphError",
+    "GraphcError",
+    "Init",
+    "Node",
+    "NotDifferentiableError",
+    "ShapeError",
+    "activation",
+    "binary_cross_entropy",
+    "cross_entropy",
+    "dense",
+    "elu",
+    "exp",
+    "flatten",
+    "identity",
+    "leaky_relu",
+    "log",
+    "matmul",
+    "mean",
+    "mse",
+    "one_hot",
+    "relu",
+    "reshape",
+    "sigmoid",
+    "sigmoid_binary_cross_entropy",
+    "sign",
+    "softmax",
+    "softmax_cross_entropy",
+    "softplus",
+    "square",
+    "step",
+    "sum",
+    "tanh",
+]

@@ -1,0 +1,1 @@
+"""Code generation: contexts for templates and expression printers, per backend."""

@@ -1,0 +1,357 @@
+"""C backend: template contexts for kernels and the model's entry points.
+
+Python decides here (names, sizes, index expressions, printed math, pragmas); the Jinja2
+templates under ``templates/c`` only lay those strings out.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+import sympy as sp
+
+from graphc.codegen.printer import CPrinter, cse_block
+from graphc.kernels import (
+    Access,
+    Dim,
+    ElementwiseKernel,
+    GemmKernel,
+    Kernel,
+    LossKernel,
+    ReduceKernel,
+    SoftmaxKernel,
+    Tensor,
+    reads,
+    writes,
+)
+from graphc.ops.loss import L
+from graphc.passes.fuse import ACC, operand_symbol
+from graphc.symbolic import I, N, O, T
+
+def _data_dir(name: str) -> str:
+    """An installed wheel has graphc/NAME; a source checkout has NAME beside graphc/."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    inside = os.path.join(package, name)
+    return inside if os.path.isdir(inside) else os.path.join(os.path.dirname(package), name)
+
+
+TEMPLATE_DIR = _data_dir("templates")
+RUNTIME_DIR = _data_dir("runtime")
+
+
+def environment() -> jinja2.Environment:
+    """The Jinja2 environment all backends share."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+@dataclass(frozen=True)
+class Target:
+    """What differs between the C and CUDA renderings of the same kernels."""
+
+    name: str = "c"
+    real: str = "float"
+    template_dir: str = "c"
+    parallel_for: str = "#pragma omp for schedule(static)"
+
+
+def dim_text(d: Dim) -> str:
+    """A loop extent in C: '128', 'n' or 'n * 3'."""
+    if not d.batched:
+        return str(d.coef)
+    return "n" if d.coef == 1 else f"n * {d.coef}"
+
+
+def index_text(variables: tuple[str, ...], strides: tuple[int, ...]) -> str:
+    """'i * 128 + j' from loop variables and strides (0 strides are left out)."""
+    terms = []
+    for var, stride in zip(variables, strides):
+        if stride == 0:
+            continue
+        terms.append(var if stride == 1 else f"{var} * {stride}")
+    return " + ".join(terms) if terms else "0"
+
+
+def c_type(tensor: Tensor, real: str) -> str:
+    """Element type of a tensor."""
+    return "int32_t" if tensor.dtype == "int32" else real
+
+
+def owner(tensor: Tensor) -> str:
+    """The C variable holding a tensor's memory (reshape views share their owner's)."""
+    return tensor.alias_of or tensor.name
+
+
+def signature(kernel: Kernel, real: str, uses_n: bool) -> tuple[str, str]:
+    """(parameter list, argument list) of a kernel function."""
+    written = {owner(t) for t in writes(kernel)}
+    order: list[Tensor] = []
+    seen: set[str] = set()
+    for t in reads(kernel) + writes(kernel):
+        if owner(t) not in seen:
+            seen.add(owner(t))
+            order.append(t)
+    params = ["const int n"] if uses_n else []
+    args = ["n"] if uses_n else []
+    for t in order:
+        const = "" if owner(t) in written else "const "
+        params.append(f"{const}{c_type(t, real)} *restrict {owner(t)}")
+        args.append(owner(t))
+    return ", ".join(params), ", ".join(args)
+
+
+class KernelContexts:
+    """Builds the template context of every kernel kind."""
+
+    def __init__(self, target: Target, dtype: str) -> None:
+        self.target = target
+        self.printer = CPrinter(dtype)
+
+    def context(self, kernel: Kernel) -> dict[str, Any]:
+        """Template name and context for one kernel."""
+        method = getattr(self, f"_{kernel.template}")
+        ctx = method(kernel)
+        ctx["name"] = kernel.name
+        ctx["comment"] = kernel.comment.replace("*/", "* /")
+        ctx["template"] = f"{self.target.template_dir}/{kernel.template}.c.j2"
+        ctx["parallel_for"] = self.target.parallel_for
+        ctx["real"] = self.target.real
+        return ctx
+
+    def _value(self, access: Access, variables: tuple[str, ...]) -> str:
+        idx = index_text(variables, access.strides)
+        if access.onehot is not None:
+            one, zero = self.printer.doprint(sp.Float(1.0)), self.printer.doprint(sp.Float(0.0))
+            return f"({variables[access.onehot]} == {owner(access.tensor)}[{idx}] ? {one} : {zero})"
+        return f"{owner(access.tensor)}[{idx}]"
+
+    def _body(self, operands, assigns, variables, extra=None) -> dict[str, Any]:
+        subs = {operand_symbol(i): sp.Symbol(self._value(a, variables)) for i, a in enumerate(operands)}
+        subs.update(extra or {})
+        exprs = [a.expr.xreplace(subs) for a in assigns]
+        temps, results = cse_block(exprs, self.printer)
+        stores = [
+            (f"{owner(a.target.tensor)}[{index_text(variables, a.target.strides)}]", text, a.label)
+            for a, text in zip(assigns, results)
+        ]
+        uses_n = any(e.has(N) for e in exprs)
+        return {"temps": temps, "stores": stores, "uses_n": uses_n}
+
+    def _elementwise(self, k: ElementwiseKernel) -> dict[str, Any]:
+        variables = tuple(loop.var for loop in k.loops)
+        body = self._body(k.operands, k.assigns, variables)
+        scalars = [(name, self.printer.doprint(expr)) for name, expr in k.scalars]
+        uses_n = body["uses_n"] or any(loop.extent.batched for loop in k.loops)
+        params, args = signature(k, self.target.real, uses_n)
+        types = {"real": self.target.real}
+        extra_params = "".join(f", const {types.get(ctype, ctype)} {name}" for ctype, name in k.args)
+        return {
+            "params": params + extra_params,
+            "args": args,
+            "loops": [(loop.var, dim_text(loop.extent)) for loop in k.loops],
+            "scalars": scalars,
+            **body,
+        }
+
+    def _gemm(self, k: GemmKernel) -> dict[str, Any]:
+        uses_n = k.m.batched or k.n.batched or k.k.batched
+        ctx: dict[str, Any] = {
+            "trans_a": int(k.trans_a), "trans_b": int(k.trans_b),
+            "m": dim_text(k.m), "n": dim_text(k.n), "k": dim_text(k.k),
+            "a": owner(k.a), "lda": k.lda, "b": owner(k.b), "ldb": k.ldb,
+            "c": owner(k.c), "ldc": k.ldc, "accumulate": int(k.accumulate),
+            "epilogue": None,
+        }
+        if k.epilogue:
+            acc = sp.Symbol(f"{owner(k.c)}[r * {k.ldc} + c]")
+            body = self._body(k.epilogue.operands, k.epilogue.assigns, ("r", "c"), {ACC: acc})
+            fields = []
+            written = {owner(a.target.tensor) for a in k.epilogue.assigns} | {owner(k.c)}
+            seen = set()
+            for t in [a.tensor for a in k.epilogue.operands] + [k.c] + [a.target.tensor for a in k.epilogue.assigns]:
+                if owner(t) in seen:
+                    continue
+                seen.add(owner(t))
+                const = "" if owner(t) in written else "const "
+                fields.append((f"{const}{c_type(t, self.target.real)} *", owner(t)))
+            ctx["epilogue"] = {"fields": fields, **body}
+            uses_n = uses_n or body["uses_n"]
+        params, args = signature(k, self.target.real, uses_n)
+        ctx.update(params=params, args=args)
+        return ctx
+
+    def _reduce(self, k: ReduceKernel) -> dict[str, Any]:
+        keep_vars = tuple(loop.var for loop in k.keep)
+        all_vars = keep_vars + tuple(loop.var for loop in k.summed)
+        scale = self.printer.doprint(k.scale) if k.scale != 1 else None
+        uses_n = any(loop.extent.batched for loop in k.keep + k.summed) or k.scale.has(N)
+        params, args = signature(k, self.target.real, uses_n)
+        return {
+            "params": params, "args": args,
+            "keep": [(loop.var, dim_text(loop.extent)) for loop in k.keep],
+            "summed": [(loop.var, dim_text(loop.extent)) for loop in k.summed],
+            "src": f"{owner(k.src.tensor)}[{index_text(all_vars, k.src.strides)}]",
+            "dst": f"{owner(k.dst.tensor)}[{index_text(keep_vars, k.dst.strides)}]",
+            "scale": scale,
+        }
+
+    def _softmax(self, k: SoftmaxKernel) -> dict[str, Any]:
+        params, args = signature(k, self.target.real, k.rows.batched)
+        p = self.printer
+        return {
+            "params": params, "args": args, "rows": dim_text(k.rows), "cols": k.cols,
+            "src": owner(k.src), "dst": owner(k.dst),
+            "exp": p.known_functions["exp"] + ("f" if p.dtype == "float32" else ""),
+            "zero": p.doprint(sp.Float(0.0)), "one": p.doprint(sp.Float(1.0)),
+        }
+
+    def _loss(self, k: LossKernel) -> dict[str, Any]:
+        p = self.printer
+        rows = "n" if k.rows_per_sample == 1 else f"n * {k.rows_per_sample}"
+        pred = sp.Symbol(f"{owner(k.pred)}[r * {k.cols} + c]")
+        if k.target_onehot:
+            one, zero = p.doprint(sp.Float(1.0)), p.doprint(sp.Float(0.0))
+            target = sp.Symbol(f"(c == {owner(k.target)}[r] ? {one} : {zero})")
+        else:
+            target = sp.Symbol(f"{owner(k.target)}[r * {k.cols} + c]")
+        subs = {O: pred, T: target, L: sp.Symbol("lse")}
+        if k.logits is not None:
+            subs[I] = sp.Symbol(f"{owner(k.logits)}[r * {k.cols} + c]")
+        temps, (term,) = cse_block([k.term.xreplace(subs)], p)
+        params, args = signature(k, self.target.real, True)
+        suffix = "f" if p.dtype == "float32" else ""
+        truth = None
+        if k.accuracy == "argmax":
+            truth = f"{owner(k.target)}[r]" if k.target_onehot else None
+        return {
+            "params": params + ", double *loss, double *correct", "args": args,
+            "rows": rows, "cols": k.cols, "temps": temps, "term": term,
+            "needs_lse": k.term.has(L), "logits": owner(k.logits) if k.logits else None,
+            "pred": owner(k.pred), "target": owner(k.target), "row_loss": owner(k.row_loss),
+            "accuracy": k.accuracy, "label": truth, "exp": f"exp{suffix}", "log": f"log{suffix}",
+            "half": p.doprint(sp.Float(0.5)),
+        }
+
+
+def render_kernel(env: jinja2.Environment, ctx: dict[str, Any]) -> str:
+    """Render one kernel's C text."""
+    return env.get_template(ctx["template"]).render(**ctx)
+
+
+def template_variables(env: jinja2.Environment, name: str) -> set[str]:
+    """The undeclared variables a template reads (for the context-key test)."""
+    source = env.loader.get_source(env, name)[0]
+    return jinja2.meta.find_undeclared_variables(env.parse(source))
+
+
+def _program_context(plan, program, env_contexts: KernelContexts) -> dict[str, Any]:
+    """Locals (arena pointers) and kernel calls of one program function."""
+    real = env_contexts.target.real
+    memory = plan.memory
+    input_names = {t.name for t in program.inputs}
+    used: dict[str, Tensor] = {}
+    calls = []
+    for kernel in program.kernels:
+        ctx = env_contexts.context(kernel)
+        for t in reads(kernel) + writes(kernel):
+            if owner(t) not in input_names:
+                used.setdefault(owner(t), t)
+        args = ctx["args"]
+        if isinstance(kernel, LossKernel):
+            args += ", &m->loss, &m->correct"
+        if isinstance(kernel, ElementwiseKernel):
+            values = {"lr": f"({real})m->lr_now", "t": "(double)m->step"}
+            args += "".join(f", {values[name]}" for _, name in kernel.args)
+        calls.append(f"{kernel.name}({args});")
+    local_vars = []
+    for name, t in used.items():
+        offset = memory.offset(program.name, name)
+        dims = ", ".join((["batch"] if t.batched else []) + [str(s) for s in t.shape])
+        local_vars.append((c_type(t, real), name, offset, f"{t.label} ({dims})"))
+    params = ", ".join(
+        f"const {c_type(t, real)} *restrict {t.name}" for t in program.inputs
+    )
+    return {"name": program.name, "doc": program.doc, "locals": local_vars, "calls": calls,
+            "params": params, "inputs": [t.name for t in program.inputs]}
+
+
+def render_model(plan) -> tuple[str, str, str]:
+    """(C source, header, cffi cdef) of a model."""
+    from graphc.schedules import ETA0
+    from graphc.schedules import T as COUNTER
+
+    env = environment()
+    real = "float" if plan.dtype == "float32" else "double"
+    target = Target(real=real)
+    contexts = KernelContexts(target, plan.dtype)
+    kernels_text = []
+    seen = set()
+    for program in plan.programs:
+        for kernel in program.kernels:
+            if kernel.name in seen:
+                continue
+            seen.add(kernel.name)
+            kernels_text.append(render_kernel(env, contexts.context(kernel)))
+    programs = {p.name: _program_context(plan, p, contexts) for p in plan.programs}
+    printer = contexts.printer
+    counter = "(double)m->step" if plan.lr_per == "step" else "(double)(m->epoch + 1)"
+    lr_text = None
+    if plan.lr is not None:
+        lr_text = printer.doprint(plan.lr.xreplace({ETA0: sp.Symbol("m->lr"), COUNTER: sp.Symbol(counter)}))
+    persistent = []
+    for pp in plan.params:
+        persistent.append(pp.param)
+    for pp in plan.params:
+        if pp.grad is not None:
+            persistent.append(pp.grad)
+    for pp in plan.params:
+        persistent.extend(pp.states)
+    persistent.extend(plan.slots)
+    def inputs_of(name: str) -> list[tuple[str, str, int]]:
+        program = next((p for p in plan.programs if p.name == name), None)
+        if program is None:
+            return []
+        return [(c_type(t, real), t.name, t.per_sample) for t in program.inputs]
+
+    api = {
+        "prefix": plan.name,
+        "real": real,
+        "train_inputs": inputs_of("train"),
+        "eval_inputs": inputs_of("eval"),
+        "infer_inputs": inputs_of("infer"),
+        "outputs": [
+            (name, owner(t), t.per_sample, plan.memory.offset("infer", owner(t)))
+            for name, t in plan.outputs
+        ],
+        "has_train": "train" in programs,
+        "has_eval": "eval" in programs,
+        "has_infer": "infer" in programs,
+    }
+    ctx = {
+        **api,
+        "graph_name": plan.graph_name,
+        "dtype": plan.dtype,
+        "batch": plan.batch,
+        "arena_bytes": plan.memory.arena_bytes,
+        "persistent_bytes": plan.memory.persistent_bytes,
+        "optimizer": plan.optimizer,
+        "kernels": kernels_text,
+        "programs": programs,
+        "tensors": [(t.name, plan.memory.persistent[t.name], t.label) for t in persistent],
+        "slots": {t.label[len("batch of "):]: (t.name, plan.memory.persistent[t.name]) for t in plan.slots},
+        "lr_expr": lr_text,
+        "rows_per_sample": plan.rows_per_sample,
+    }
+    declarations = env.get_template("c/api.h.j2").render(**api)
+    header = env.get_template("c/model.h.j2").render(declarations=declarations, **ctx)
+    source = env.get_template("c/model.c.j2").render(**ctx)
+    return source, header, declarations

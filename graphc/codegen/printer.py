@@ -1,0 +1,53 @@
+"""Sympy -> C expression printing, after common-subexpression elimination."""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.codegen.ast import float32, float64, real
+from sympy.printing.c import C99CodePrinter
+
+
+class CPrinter(C99CodePrinter):
+    """C99 printer: float32 math (``expf``, ``1.0F``), small powers as products, one-line ternaries."""
+
+    def __init__(self, dtype: str = "float32") -> None:
+        alias = float32 if dtype == "float32" else float64
+        super().__init__({"type_aliases": {real: alias}})
+        self.dtype = dtype
+
+    def _print_Pow(self, expr: sp.Pow) -> str:
+        base, exp = expr.base, expr.exp
+        if exp.is_Integer and 2 <= int(exp) <= 4:
+            b = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Mul"])
+            return "*".join([b] * int(exp))
+        if exp == -1:
+            one = self._print(sp.Float(1.0))
+            return f"{one}/{self.parenthesize(base, sp.printing.precedence.PRECEDENCE['Pow'])}"
+        if exp.is_Integer and -4 <= int(exp) <= -2:
+            one = self._print(sp.Float(1.0))
+            b = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Mul"])
+            return f"{one}/({'*'.join([b] * -int(exp))})"
+        return super()._print_Pow(expr)
+
+    def _print_Piecewise(self, expr: sp.Piecewise) -> str:
+        # sympy guarantees one condition holds, so the last value is the fallback
+        *pieces, (last_value, _) = expr.args
+        text = self._print(last_value)
+        for value, cond in reversed(pieces):
+            text = f"(({self._print(cond)}) ? ({self._print(value)}) : ({text}))"
+        return text
+
+    def _print_Relational(self, expr: sp.Basic) -> str:
+        lhs, rhs = self._print(expr.lhs), self._print(expr.rhs)
+        return f"{lhs} {expr.rel_op} {rhs}"
+
+
+def cse_block(
+    exprs: list[sp.Expr], printer: CPrinter, prefix: str = "t"
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """(temporaries as (name, C text), printed results) after common-subexpression elimination."""
+    replacements, reduced = sp.cse(
+        exprs, symbols=sp.numbered_symbols(prefix, real=True), optimizations="basic"
+    )
+    temps = [(str(sym), printer.doprint(value)) for sym, value in replacements]
+    return temps, [printer.doprint(e) for e in reduced]

@@ -1,0 +1,226 @@
+"""The compiler pipeline, stage by stage.
+
+    1. graph (graph.py)        Graph                  -> checked Graph (outputs, loss)
+    2. δ pass (autodiff.py)    Graph                  -> Backward: δ and gradient nodes
+    3. CSE (passes/cse.py)     forward + backward     -> node -> representative map
+    4. lowering (passes/fuse)  scheduled nodes        -> kernel records, fused
+    5. optimizer (optim.py)    update rule (sympy)    -> one fused update kernel per parameter
+    6. memory (passes/memory)  kernels of all programs -> MemoryPlan: offsets in one arena
+    7. codegen (codegen/c.py)  ModelPlan              -> C source, header, cffi cdef
+    8. build (build.py)        C source               -> cached shared library
+    9. runtime (model.py)      library                -> Model
+
+``plan_model`` runs stages 1-6, ``compile`` all of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sympy as sp
+
+from graphc.autodiff import Backward, ancestors, differentiate
+from graphc.codegen.names import Namer
+from graphc.errors import GraphError
+from graphc.graph import Graph, Node
+from graphc.kernels import (
+    Access,
+    Assign,
+    Dim,
+    ElementwiseKernel,
+    Kernel,
+    Loop,
+    ModelPlan,
+    ParamPlan,
+    Program,
+    Tensor,
+)
+from graphc.optim import G, LR, P, STEP, Optimizer
+from graphc.passes.cse import common_subexpressions
+from graphc.passes.fuse import Lowering, TensorTable, operand_symbol
+from graphc.passes.memory import plan as plan_memory
+from graphc.schedules import ETA0
+from graphc.schedules import T as SCHEDULE_T
+
+DTYPES = {"float32": 4, "float64": 8}
+
+
+def _ordered(graph_nodes: list[Node], wanted: set[Node]) -> list[Node]:
+    return [n for n in graph_nodes if n in wanted]
+
+
+def _update_kernel(pp: ParamPlan, optimizer: Optimizer, table: TensorTable) -> ElementwiseKernel:
+    """One fused loop applying the optimizer's rule to every element of a parameter."""
+    rule = optimizer.rule()
+    operands = [pp.param, pp.grad, *pp.states]
+    symbols = {P: operand_symbol(0), G: operand_symbol(1)}
+    for k, name in enumerate(rule.states):
+        symbols[sp.Symbol(name, real=True)] = operand_symbol(2 + k)
+    loop = Loop("i", Dim(pp.param.per_sample))
+    current = dict(symbols)
+    assigns = []
+    targets = {"p": pp.param, **{name: pp.states[k] for k, name in enumerate(rule.states)}}
+    for target, expr in rule.assigns:
+        value = expr.xreplace(current)
+        assigns.append(Assign(Access(targets[target], (1,)), value, f"{pp.param.label}.{target}" if target != "p" else pp.param.label))
+        key = P if target == "p" else sp.Symbol(target, real=True)
+        current[key] = value
+    scalar_symbols = {STEP: sp.Symbol("t"), LR: sp.Symbol("lr")}
+    scalars = tuple((name, expr.xreplace(scalar_symbols)) for name, expr in rule.scalars)
+    comment = f"{optimizer.name} update of {pp.param.label}: " + "; ".join(
+        f"{t} <- {e}" for t, e in rule.assigns
+    )
+    return ElementwiseKernel(
+        table.namer(f"update_{pp.param.label}"), comment, (loop,),
+        tuple(Access(t, (1,)) for t in operands), tuple(assigns), scalars,
+        args=(("real", "lr"),) + ((("double", "t"),) if any(e.has(sp.Symbol("t")) for _, e in scalars) else ()),
+    )
+
+
+def plan_model(
+    graph: Graph,
+    batch_size: int = 32,
+    dtype: str = "float32",
+    optimizer: Optimizer | None = None,
+    frozen: set[str] | None = None,
+) -> tuple[ModelPlan, Backward | None]:
+    """Stages 1-6: from a Graph to a backend-neutral ModelPlan."""
+    if not isinstance(graph, Graph):
+        raise GraphError(f"compile expects a gc.Graph, got {type(graph).__name__}")
+    if dtype not in DTYPES:
+        raise GraphError(f"dtype must be 'float32' or 'float64', not {dtype!r}")
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise GraphError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not graph.outputs and graph.loss is None:
+        raise GraphError(
+            f"graph {graph.name!r} has neither outputs nor a loss; add g.output(name, node) "
+            "or g.minimize(loss)"
+        )
+    frozen = set(frozen or ())
+    unknown = frozen - {p.name for p in graph.params}
+    if unknown:
+        raise GraphError(f"cannot freeze unknown parameters {sorted(unknown)}")
+    train = graph.loss is not None and optimizer is not None
+    backward = differentiate(graph, frozen) if train else None
+    all_nodes = graph.nodes + (backward.nodes if backward else [])
+    rep = common_subexpressions(all_nodes)
+    namer = Namer()
+    table = TensorTable(namer, backward.grads if backward else {}, rep)
+    # name parameters and inputs first so they keep their plain names
+    for node in graph.inputs + graph.params:
+        table(node)
+
+    programs: list[Program] = []
+    output_nodes = list(graph.outputs.values())
+    if output_nodes:
+        need = ancestors(output_nodes)
+        lowering = Lowering(_ordered(graph.nodes, need), set(output_nodes), table)
+        inputs = tuple(table(x) for x in graph.inputs if x in need)
+        programs.append(Program("infer", "Inference: compute the outputs for n rows.",
+                                tuple(lowering.kernels()), inputs,
+                                frozenset(table(o).alias_of or table(o).name for o in output_nodes)))
+    if graph.loss is not None:
+        need = ancestors([graph.loss])
+        inputs = tuple(table(x) for x in graph.inputs if x in need)
+        lowering = Lowering(_ordered(graph.nodes, need), {graph.loss}, table)
+        programs.append(Program("eval", "Evaluation: the loss (and hits) for n rows.",
+                                tuple(lowering.kernels()), inputs))
+
+    params: list[ParamPlan] = []
+    for p in graph.params:
+        grad = backward.grads.get(p) if backward else None
+        states: tuple[Tensor, ...] = ()
+        if grad is not None:
+            rule_states = optimizer.rule().states
+            states = tuple(
+                Tensor(namer(f"{p.name}.{s}"), f"{p.name}.{s}", "real", p.shape, False, "state")
+                for s in rule_states
+            )
+        params.append(ParamPlan(table(p), table(grad) if grad is not None else None, states,
+                                grad is not None))
+    if train:
+        grads = list(backward.grads.values())
+        need = ancestors([graph.loss] + grads)
+        schedule = _ordered(graph.nodes, need) + _ordered(backward.nodes, need)
+        lowering = Lowering(schedule, set(grads) | {graph.loss}, table)
+        kernels: list[Kernel] = list(lowering.kernels())
+        inputs = tuple(table(x) for x in graph.inputs if x in need)
+        grad_names = frozenset(table(g).name for g in grads)
+        programs.append(Program("grad", "Gradients: forward and δ pass for n rows, no update.",
+                                tuple(kernels), inputs, grad_names))
+        kernels += [_update_kernel(pp, optimizer, table) for pp in params if pp.trainable]
+        programs.append(Program("train", "Training step: forward, δ pass and update for n rows.",
+                                tuple(kernels), inputs))
+
+    slots = tuple(
+        Tensor(namer(f"batch_{x.name}"), f"batch of {x.name}", x.dtype, x.shape, True, "slot")
+        for x in graph.inputs
+    )
+    persistent: list[Tensor] = []
+    for pp in params:
+        persistent.append(pp.param)
+        if pp.grad is not None:
+            persistent.append(pp.grad)
+        persistent.extend(pp.states)
+    persistent.extend(slots)
+    memory = plan_memory(
+        persistent,
+        {pr.name: (list(pr.kernels), set(pr.keep)) for pr in programs},
+        batch_size,
+        DTYPES[dtype],
+    )
+    loss_kind = graph.loss.attrs["kind"] if graph.loss is not None else None
+    rows = 1
+    if graph.loss is not None:
+        for s in graph.loss.inputs[0].shape[:-1]:
+            rows *= s
+    lr_expr = None
+    if optimizer is not None:
+        lr_expr = optimizer.schedule.expr()
+    plan = ModelPlan(
+        name=namer(graph.name) if graph.name not in ("model",) else "model",
+        graph_name=graph.name,
+        dtype=dtype,
+        batch=batch_size,
+        programs=tuple(programs),
+        inputs=tuple(table(x) for x in graph.inputs),
+        outputs=tuple((name, table(node)) for name, node in graph.outputs.items()),
+        params=tuple(params),
+        slots=slots,
+        memory=memory,
+        lr=lr_expr,
+        lr_per=optimizer.schedule.per if optimizer is not None else "epoch",
+        loss=loss_kind.name if loss_kind else None,
+        accuracy=loss_kind.accuracy if loss_kind else None,
+        rows_per_sample=rows,
+        optimizer=optimizer.describe() if optimizer is not None else "none",
+    )
+    return plan, backward
+
+
+def compile(  # noqa: A001 - the public name the DSL promises
+    graph: Graph,
+    target: str = "c",
+    batch_size: int = 32,
+    dtype: str = "float32",
+    optimizer: Optimizer | None = None,
+    seed: int = 0,
+    frozen: Any = None,
+    cflags: list[str] | None = None,
+    num_threads: int | None = None,
+):
+    """Compile ``graph`` into a trainable native Model (stages 1-9)."""
+    from graphc.build import build_c
+    from graphc.codegen.c import render_model
+    from graphc.model import Model
+
+    if target != "c":
+        raise GraphError(f"target {target!r} is not available; use target='c'")
+    if graph.loss is not None and optimizer is None:
+        from graphc.optim import SGD
+
+        optimizer = SGD(lr=0.01)
+    plan, backward = plan_model(graph, batch_size, dtype, optimizer, set(frozen or ()))
+    source, header, cdef = render_model(plan)
+    library = build_c(plan.name, source, header, cdef, cflags=cflags)
+    return Model(graph, plan, backward, library, optimizer, seed=seed, num_threads=num_threads)

@@ -1,0 +1,69 @@
+"""Human-readable δ recurrences: what the δ pass derived, per layer and per parameter."""
+
+from __future__ import annotations
+
+import re
+
+import sympy as sp
+
+from graphc.autodiff import differentiate
+from graphc.graph import Graph, Node
+from graphc.ops.elementwise import ELEMENTWISE
+from graphc.ops.loss import ONE_HOT
+from graphc.ops.reduce import REDUCE_TO
+from graphc.symbolic import X
+
+
+def display(node: Node) -> str:
+    """δ[layer] for a layer's error term, ∂E/∂x for other gradients, the name otherwise."""
+    name = node.name
+    if name.startswith("delta_"):
+        return f"δ[{name[len('delta_'):]}]"
+    if name.startswith("grad_"):
+        return f"∂E/∂{name[len('grad_'):]}"
+    if name.startswith("d_"):
+        return f"∂E/∂{name[len('d_'):]}"
+    if node.op is ONE_HOT:
+        return node.inputs[0].name
+    return name
+
+
+def _pretty(text: str) -> str:
+    text = re.sub(r"\*\*2\b", "²", text)
+    text = re.sub(r"\*\*3\b", "³", text)
+    return text.replace("*", " ⊙ ")
+
+
+def _formula(node: Node, inline: set[Node]) -> str:
+    args = []
+    for x in node.inputs:
+        if x in inline:
+            args.append(f"({_formula(x, inline)})")
+        else:
+            args.append(display(x))
+    if node.op is ELEMENTWISE:
+        names = {X[i]: sp.Symbol(a) for i, a in enumerate(args)}
+        return _pretty(str(node.attrs["expr"].xreplace(names)))
+    if node.op is REDUCE_TO:
+        return f"Σ_batch {args[0]}" if not node.batched else node.op.formula(node, args)
+    return node.op.formula(node, args)
+
+
+def explain(graph: Graph, frozen: set[str] | None = None) -> str:
+    """The δ equations of ``graph`` (which must have a loss) as text, one per line."""
+    backward = differentiate(graph, frozen)
+    uses: dict[Node, int] = {}
+    for node in backward.nodes:
+        for x in node.inputs:
+            uses[x] = uses.get(x, 0) + 1
+    # gradients with respect to activations are shown inside the δ that consumes them
+    inline = {n for n in backward.nodes if n.name.startswith("d_") and uses.get(n, 0) == 1}
+    lines = [f"δ pass of graph {graph.name!r}: E = {graph.loss.name}, mean over the batch (n rows)",
+             "", "error terms:"]
+    for node in backward.nodes:
+        if node.name.startswith("delta_") and not node.name.endswith("_part"):
+            lines.append(f"  {display(node)} = {_formula(node, inline)}")
+    lines += ["", "parameter gradients:"]
+    for param, grad in backward.grads.items():
+        lines.append(f"  ∂E/∂{param.name} = {_formula(grad, inline)}")
+    return "\n".join(lines) + "\n"

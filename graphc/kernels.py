@@ -1,0 +1,258 @@
+"""Backend-neutral kernel records: what to compute, over which loops, on which tensors.
+
+Templates consume these records through ``graphc.codegen``; they never look at the graph.
+Sizes that depend on the number of rows in the current batch are ``Dim``s (``coef * n``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+
+@dataclass(frozen=True)
+class Dim:
+    """A loop extent: ``coef`` elements, times the batch rows ``n`` when ``batched``."""
+
+    coef: int
+    batched: bool = False
+
+    def at(self, n: int) -> int:
+        """The extent for a batch of ``n`` rows."""
+        return self.coef * (n if self.batched else 1)
+
+    def __mul__(self, k: int) -> "Dim":
+        return Dim(self.coef * k, self.batched)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A buffer: its C name, graph label, element type and shape.
+
+    ``role`` is one of input, param, grad, state, act, const; ``alias_of`` names the
+    tensor whose memory a reshape view shares.
+    """
+
+    name: str
+    label: str
+    dtype: str  # 'real' or 'int32'
+    shape: tuple[int, ...]
+    batched: bool
+    role: str
+    alias_of: str | None = None
+
+    @property
+    def per_sample(self) -> int:
+        """Elements per sample (or in total, for an unbatched tensor)."""
+        size = 1
+        for s in self.shape:
+            size *= s
+        return size
+
+    def numel(self, batch: int) -> int:
+        """Elements for a batch of ``batch`` rows."""
+        return self.per_sample * (batch if self.batched else 1)
+
+    @property
+    def dim(self) -> Dim:
+        """Number of elements as a Dim."""
+        return Dim(self.per_sample, self.batched)
+
+
+@dataclass(frozen=True)
+class Loop:
+    """One loop of an iteration space: a variable name and its extent."""
+
+    var: str
+    extent: Dim
+
+
+@dataclass(frozen=True)
+class Access:
+    """How a kernel reads or writes a tensor inside its loops.
+
+    ``strides[k]`` is the step per iteration of loop k (0 where the tensor is broadcast).
+    For a one-hot read, ``onehot`` is the loop index of the class axis: the value is 1
+    when that loop's variable equals the integer label at the remaining index.
+    """
+
+    tensor: Tensor
+    strides: tuple[int, ...]
+    onehot: int | None = None
+
+
+@dataclass(frozen=True)
+class Assign:
+    """``target[...] = expr`` where expr uses the operand symbols of its kernel."""
+
+    target: Access
+    expr: sp.Expr
+    label: str
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """Common fields: a C-safe name and the equation it implements (ASCII)."""
+
+    name: str
+    comment: str
+
+
+@dataclass(frozen=True)
+class ElementwiseKernel(Kernel):
+    """Fused elementwise chain over ``loops``; ``operands[i]`` is symbol ``a{i}``."""
+
+    loops: tuple[Loop, ...]
+    operands: tuple[Access, ...]
+    assigns: tuple[Assign, ...]
+    scalars: tuple[tuple[str, sp.Expr], ...] = ()
+    #: extra scalar parameters (C type, name) the caller passes, e.g. the learning rate
+    args: tuple[tuple[str, str], ...] = ()
+    template: str = "elementwise"
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """Elementwise work applied to a GEMM's finished tiles; symbol ``acc`` is C[r, c]."""
+
+    operands: tuple[Access, ...]  # strides over (r, c)
+    assigns: tuple[Assign, ...]
+
+
+@dataclass(frozen=True)
+class GemmKernel(Kernel):
+    """C = op(A) . op(B) (+ C), with an optional fused epilogue."""
+
+    trans_a: bool
+    trans_b: bool
+    m: Dim
+    n: Dim
+    k: Dim
+    a: Tensor
+    lda: int
+    b: Tensor
+    ldb: int
+    c: Tensor
+    ldc: int
+    accumulate: bool
+    epilogue: Epilogue | None
+    template: str = "gemm"
+
+
+@dataclass(frozen=True)
+class ReduceKernel(Kernel):
+    """dst[keep] = scale * Σ_sum src[keep, sum]."""
+
+    keep: tuple[Loop, ...]
+    summed: tuple[Loop, ...]
+    src: Access  # strides over keep + summed loops
+    dst: Access  # strides over keep loops
+    scale: sp.Expr
+    template: str = "reduce"
+
+
+@dataclass(frozen=True)
+class SoftmaxKernel(Kernel):
+    """Row-wise softmax of ``src`` into ``dst``."""
+
+    rows: Dim
+    cols: int
+    src: Tensor
+    dst: Tensor
+    template: str = "softmax"
+
+
+@dataclass(frozen=True)
+class LossKernel(Kernel):
+    """Per-row sums of a loss term, their batch mean, and the count of correct rows.
+
+    Symbols in ``term``: O (prediction), T (target), and for losses on logits I (logit)
+    and L (the row's log-sum-exp).
+    """
+
+    rows_per_sample: int
+    cols: int
+    pred: Tensor
+    target: Tensor
+    target_onehot: bool
+    logits: Tensor | None
+    term: sp.Expr
+    accuracy: str | None
+    row_loss: Tensor
+    template: str = "loss"
+
+
+@dataclass(frozen=True)
+class Program:
+    """One entry point's work: kernels in order, the inputs they read, what to keep."""
+
+    name: str
+    doc: str
+    kernels: tuple[Kernel, ...]
+    inputs: tuple[Tensor, ...]
+    keep: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class ParamPlan:
+    """A parameter with its gradient and optimizer state tensors."""
+
+    param: Tensor
+    grad: Tensor | None
+    states: tuple[Tensor, ...]
+    trainable: bool
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """Everything a backend needs to render a model (no graph objects)."""
+
+    name: str
+    graph_name: str
+    dtype: str
+    batch: int
+    programs: tuple[Program, ...]
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[tuple[str, Tensor], ...]
+    params: tuple[ParamPlan, ...]
+    slots: tuple[Tensor, ...]
+    memory: object  # passes.memory.MemoryPlan
+    lr: sp.Expr | None  # in schedules.ETA0 and schedules.T
+    lr_per: str
+    loss: str | None
+    accuracy: str | None
+    rows_per_sample: int
+    optimizer: str
+
+
+def reads(kernel: Kernel) -> list[Tensor]:
+    """Tensors a kernel reads."""
+    if isinstance(kernel, ElementwiseKernel):
+        return [a.tensor for a in kernel.operands]
+    if isinstance(kernel, GemmKernel):
+        extra = [a.tensor for a in kernel.epilogue.operands] if kernel.epilogue else []
+        return [kernel.a, kernel.b] + extra + ([kernel.c] if kernel.accumulate else [])
+    if isinstance(kernel, ReduceKernel):
+        return [kernel.src.tensor]
+    if isinstance(kernel, SoftmaxKernel):
+        return [kernel.src]
+    if isinstance(kernel, LossKernel):
+        return [kernel.pred, kernel.target] + ([kernel.logits] if kernel.logits else [])
+    raise TypeError(f"unknown kernel {kernel!r}")
+
+
+def writes(kernel: Kernel) -> list[Tensor]:
+    """Tensors a kernel writes."""
+    if isinstance(kernel, ElementwiseKernel):
+        return [a.target.tensor for a in kernel.assigns]
+    if isinstance(kernel, GemmKernel):
+        extra = [a.target.tensor for a in kernel.epilogue.assigns] if kernel.epilogue else []
+        return [kernel.c] + extra
+    if isinstance(kernel, ReduceKernel):
+        return [kernel.dst.tensor]
+    if isinstance(kernel, SoftmaxKernel):
+        return [kernel.dst]
+    if isinstance(kernel, LossKernel):
+        return [kernel.row_loss]
+    raise TypeError(f"unknown kernel {kernel!r}")

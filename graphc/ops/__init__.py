@@ -1,0 +1,1 @@
+"""Op families: each module defines its ops' shape rules, forward meaning and adjoints."""

@@ -1,0 +1,100 @@
+"""Reductions (sums into a broadcastable shape) and their user-facing forms sum/mean."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import sympy as sp
+
+from graphc.errors import ShapeError
+from graphc.graph import Graph, Node, shape_str
+from graphc.ops.base import Op, as_node, make_node
+from graphc.ops.shape import reshape
+from graphc.symbolic import N, X
+
+if TYPE_CHECKING:
+    from graphc.autodiff import Adjoints
+
+
+class ReduceTo(Op):
+    """Sum a node down to a shape that broadcasts to it (also over the batch when unbatched).
+
+    ``attrs['scale']`` multiplies the sum (1, or 1/n for a mean over the batch).
+    """
+
+    name = "reduce_to"
+
+    def adjoint(self, node: Node, delta: Node, ad: "Adjoints") -> dict[int, Node]:
+        (x,) = node.inputs
+        if not ad.needs(x):
+            return {}
+        scale = node.attrs.get("scale", sp.Integer(1))
+        spread = ad.elementwise(
+            "spread", X[0] * scale, [delta], wrt=x, shape=x.shape, batched=x.batched
+        )
+        return {0: spread}
+
+    def formula(self, node: Node, args: list[str]) -> str:
+        scale = node.attrs.get("scale", 1)
+        prefix = "" if scale == 1 else f"{scale}·"
+        return f"{prefix}Σ({args[0]}) → {shape_str(node)}"
+
+
+REDUCE_TO = ReduceTo()
+
+
+def reduce_to(
+    x: Node,
+    shape: tuple[int, ...],
+    batched: bool,
+    graph: Graph,
+    name: str | None = None,
+    scale: sp.Expr = sp.Integer(1),
+) -> Node:
+    """Sum ``x`` into ``shape`` (right-aligned broadcasting; over the batch if not batched)."""
+    if len(shape) > len(x.shape):
+        raise ShapeError(f"cannot reduce {x.describe()} to the larger shape {shape}")
+    padded = (1,) * (len(x.shape) - len(shape)) + tuple(shape)
+    for have, want in zip(x.shape, padded):
+        if want not in (1, have):
+            raise ShapeError(f"cannot reduce {x.describe()} to shape {shape}")
+    if batched and not x.batched:
+        raise ShapeError(f"cannot reduce the unbatched {x.describe()} to a batched shape")
+    return make_node(
+        graph, REDUCE_TO, [x], tuple(shape), batched, name, "sum", attrs={"scale": scale}
+    )
+
+
+def _reduce(x: Node, axis: int | Sequence[int] | None, batch: bool, mean: bool, label: str) -> Node:
+    x = as_node(x, label)
+    rank = len(x.shape)
+    if axis is None:
+        axes = tuple(range(rank))
+    else:
+        axes = (axis,) if isinstance(axis, int) else tuple(axis)
+        axes = tuple(a + rank if a < 0 else a for a in axes)
+        for a in axes:
+            if not 0 <= a < rank:
+                raise ShapeError(f"{label}: axis {a} is out of range for {x.describe()}")
+    keep = tuple(1 if a in axes else s for a, s in enumerate(x.shape))
+    count = 1
+    for a in axes:
+        count *= x.shape[a]
+    scale: sp.Expr = sp.Integer(1)
+    if mean:
+        scale = sp.Rational(1, count) * (1 / N if batch and x.batched else 1)
+    summed = reduce_to(
+        x, keep, x.batched and not batch, x.graph, name=None, scale=scale
+    )
+    final = tuple(s for a, s in enumerate(x.shape) if a not in axes)
+    return reshape(summed, final, name=None)
+
+
+def sum(x: Node, axis: int | Sequence[int] | None = None, batch: bool = False) -> Node:  # noqa: A001
+    """Sum over per-sample axes (all by default); ``batch=True`` also sums over the batch."""
+    return _reduce(x, axis, batch, mean=False, label="sum")
+
+
+def mean(x: Node, axis: int | Sequence[int] | None = None, batch: bool = False) -> Node:
+    """Mean over per-sample axes (all by default); ``batch=True`` also averages over the batch."""
+    return _reduce(x, axis, batch, mean=True, label="mean")

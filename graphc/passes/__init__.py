@@ -1,0 +1,1 @@
+"""Graph-to-kernel passes: common subexpressions, fusion and lowering, memory planning."""

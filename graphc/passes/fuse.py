@@ -1,0 +1,440 @@
+"""Lowering with fusion: scheduled graph nodes -> kernel records.
+
+Assumes: ``schedule`` lists nodes in a valid execution order and ``rep`` maps every node
+to its common-subexpression representative.  Guarantees: every node in ``keep`` and every
+value read by a later kernel is materialized in a tensor; elementwise chains are fused
+into one loop, and into the epilogue of the matrix product that feeds them (bias +
+activation in the forward pass, f'(·) ⊙ (δ · Wᵀ) in the backward pass).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from graphc.autodiff import CONST
+from graphc.graph import Node
+from graphc.kernels import (
+    Access,
+    Assign,
+    Dim,
+    ElementwiseKernel,
+    Epilogue,
+    GemmKernel,
+    Kernel,
+    Loop,
+    LossKernel,
+    ReduceKernel,
+    SoftmaxKernel,
+    Tensor,
+)
+from graphc.ops.base import INPUT, PARAM
+from graphc.ops.elementwise import ELEMENTWISE
+from graphc.ops.linalg import MatMul, matrix_dims
+from graphc.ops.loss import LOSS, ONE_HOT
+from graphc.ops.reduce import REDUCE_TO
+from graphc.ops.shape import RESHAPE
+from graphc.ops.softmax import SOFTMAX
+from graphc.symbolic import X
+
+LOOP_VARS = ("i", "j", "k", "l", "p", "q")
+ACC = sp.Symbol("acc", real=True)
+
+
+def operand_symbol(i: int) -> sp.Symbol:
+    """The symbol a kernel expression uses for its i-th operand."""
+    return sp.Symbol(f"a{i}", real=True)
+
+
+class TensorTable:
+    """Node -> Tensor, shared by all programs of one model so they agree on names."""
+
+    def __init__(self, namer, grads: dict[Node, Node], rep: dict[Node, Node]) -> None:
+        self.namer = namer
+        self.rep = rep
+        self.grad_of = {g: p for p, g in grads.items()}
+        self._tensors: dict[Node, Tensor] = {}
+
+    def base(self, node: Node) -> Node:
+        """Follow CSE and reshape views to the node that owns the memory."""
+        node = self.rep.get(node, node)
+        while node.op is RESHAPE:
+            node = self.rep.get(node.inputs[0], node.inputs[0])
+        return node
+
+    def __call__(self, node: Node) -> Tensor:
+        node = self.rep.get(node, node)
+        if node in self._tensors:
+            return self._tensors[node]
+        if node.op is RESHAPE:
+            owner = self(self.base(node))
+            tensor = Tensor(owner.name, node.name, owner.dtype, node.shape, node.batched,
+                            owner.role, alias_of=owner.name)
+        else:
+            tensor = Tensor(self.namer(node.name), node.name, node.dtype, node.shape,
+                            node.batched, self._role(node))
+        self._tensors[node] = tensor
+        return tensor
+
+    def _role(self, node: Node) -> str:
+        if node.op is INPUT:
+            return "input"
+        if node.op is PARAM:
+            return "param"
+        if node.op is CONST:
+            return "const"
+        if node in self.grad_of:
+            return "grad"
+        return "act"
+
+    def scratch(self, name: str, shape: tuple[int, ...], batched: bool) -> Tensor:
+        """A named work buffer that belongs to no node."""
+        return Tensor(self.namer(name), name, "real", shape, batched, "act")
+
+
+@dataclass
+class _Group:
+    index: int
+    root: Node  # the matmul, or the first elementwise node
+    members: list[Node] = field(default_factory=list)
+
+    @property
+    def is_gemm(self) -> bool:
+        return isinstance(self.root.op, MatMul)
+
+
+def _full_shape(node: Node) -> list[Dim]:
+    dims = [Dim(1, True)] if node.batched else []
+    return dims + [Dim(s) for s in node.shape]
+
+
+def _masks(out: Node, operand: Node, onehot: bool) -> list[int]:
+    """Per output axis: 1 where the operand varies, 0 where it is broadcast, 2 = class axis."""
+    out_dims = _full_shape(out)
+    if onehot:
+        labels = operand.inputs[0]
+        own = _full_shape(labels)
+        pad = len(out_dims) - 1 - len(own)
+        masks = [0] * pad + [1 if d.batched or d.coef > 1 else 0 for d in own] + [2]
+        return masks
+    own = _full_shape(operand)
+    pad = len(out_dims) - len(own)
+    return [0] * pad + [1 if (d.batched or d.coef > 1) else 0 for d in own]
+
+
+def _strides_for(dims: list[Dim], masks: list[int]) -> list[int]:
+    """Element strides of a row-major operand along each output axis (0 when broadcast)."""
+    strides = [0] * len(dims)
+    step = 1
+    for axis in range(len(dims) - 1, -1, -1):
+        if masks[axis] == 1:
+            strides[axis] = step
+            step *= dims[axis].coef
+    return strides
+
+
+class Lowering:
+    """Builds the kernels of one program (training step or inference)."""
+
+    def __init__(self, schedule: list[Node], keep: set[Node], table: TensorTable) -> None:
+        self.table = table
+        self.rep = table.rep
+        self.nodes: list[Node] = []
+        seen: set[Node] = set()
+        for node in schedule:
+            r = self.rep.get(node, node)
+            if r in seen or r.op in (INPUT, PARAM, CONST, RESHAPE, ONE_HOT):
+                continue
+            seen.add(r)
+            self.nodes.append(r)
+        self.keep = {table.base(k) if k.op is RESHAPE else self.rep.get(k, k) for k in keep}
+        self.consumers: dict[Node, set[Node]] = {}
+        for node in self.nodes:
+            for x in self._read(node):
+                self.consumers.setdefault(x, set()).add(node)
+
+    def _read(self, node: Node) -> list[Node]:
+        """The memory-owning nodes a node reads (through CSE and reshape views)."""
+        out = []
+        for x in node.inputs:
+            x = self.rep.get(x, x)
+            if x.op is ONE_HOT:
+                x = self.table.base(x.inputs[0])
+            out.append(self.table.base(x))
+        return out
+
+    # --- grouping ---------------------------------------------------------------------------
+    def groups(self) -> list[_Group]:
+        """Greedy fusion of elementwise nodes into the latest group that can take them."""
+        groups: list[_Group] = []
+        group_of: dict[Node, _Group] = {}
+        for node in self.nodes:
+            target = None
+            if node.op is ELEMENTWISE:
+                target = self._join_target(node, group_of)
+            if target is None:
+                target = _Group(len(groups), node)
+                groups.append(target)
+            target.members.append(node)
+            group_of[node] = target
+        return groups
+
+    def _join_target(self, node: Node, group_of: dict[Node, _Group]) -> _Group | None:
+        candidates = []
+        for x in node.inputs:
+            x = self.rep.get(x, x)
+            g = group_of.get(x)
+            if g is None or not (g.root.op is ELEMENTWISE or g.is_gemm):
+                continue
+            if g.root.shape != node.shape or g.root.batched != node.batched:
+                continue
+            if self._can_join(node, g, group_of):
+                candidates.append(g)
+        return max(candidates, key=lambda g: g.index) if candidates else None
+
+    def _can_join(self, node: Node, g: _Group, group_of: dict[Node, _Group]) -> bool:
+        for x in node.inputs:
+            x = self.rep.get(x, x)
+            if x in g.members:
+                continue
+            owner = group_of.get(self.table.base(x) if x.op is not ONE_HOT else x)
+            if owner is not None and owner.index >= g.index:
+                return False
+            if g.is_gemm and self._pattern_2d(node, x) is None:
+                return False
+        return True
+
+    def _pattern_2d(self, out: Node, operand: Node) -> tuple[int, int] | None:
+        """(row stride, col stride) of an operand over a GEMM's C matrix, or None."""
+        onehot = operand.op is ONE_HOT
+        masks = _masks(out, operand, onehot)
+        rows, cols = masks[:-1], masks[-1]
+        dims = _full_shape(out)
+        meaningful = [m for m, d in zip(rows, dims[:-1]) if d.batched or d.coef > 1]
+        if meaningful and len(set(meaningful)) > 1:
+            return None
+        row_varies = bool(meaningful) and meaningful[0] == 1
+        if onehot:
+            return (1 if row_varies else 0, 0)
+        col_stride = 1 if cols == 1 else 0
+        row_stride = (operand.shape[-1] if cols == 1 else 1) if row_varies else 0
+        return (row_stride, col_stride)
+
+    # --- kernels ----------------------------------------------------------------------------
+    def _formula(self, node: Node) -> str:
+        """'name = formula' with inputs named after their CSE representatives."""
+        names = [self.rep.get(x, x).name for x in node.inputs]
+        return f"{node.name} = {node.op.formula(node, names)}"
+
+    def kernels(self) -> list[Kernel]:
+        """The program's kernels in execution order."""
+        groups = self.groups()
+        member_group = {m: g for g in groups for m in g.members}
+        result: list[Kernel] = []
+        for g in groups:
+            materialized = [
+                m for m in g.members
+                if m in self.keep or any(member_group.get(c) is not g for c in self.consumers.get(m, ()))
+            ]
+            if not materialized:
+                continue
+            op = g.root.op
+            if g.is_gemm:
+                result.append(self._gemm(g, materialized))
+            elif op is ELEMENTWISE:
+                result.append(self._elementwise(g, materialized))
+            elif op is REDUCE_TO:
+                result.append(self._reduce(g.root))
+            elif op is SOFTMAX:
+                result.append(self._softmax(g.root))
+            elif op is LOSS:
+                result.append(self._loss(g.root))
+            else:
+                raise NotImplementedError(f"no kernel for op {op.name!r} (node {g.root.name!r})")
+        return result
+
+    def _expressions(self, g: _Group, operand_of) -> dict[Node, sp.Expr]:
+        """Each member's value as an expression of operand symbols (and ``acc``)."""
+        values: dict[Node, sp.Expr] = {}
+        for m in g.members:
+            if m is g.root and g.is_gemm:
+                values[m] = ACC
+                continue
+            mapping = {}
+            for i, x in enumerate(m.inputs):
+                x = self.rep.get(x, x)
+                mapping[X[i]] = values[x] if x in values else operand_of(m, x)
+            values[m] = m.attrs["expr"].xreplace(mapping)
+        return values
+
+    def _elementwise(self, g: _Group, materialized: list[Node]) -> ElementwiseKernel:
+        out = g.root
+        dims = _full_shape(out)
+        operands: list[tuple[Node, bool]] = []
+        for m in g.members:
+            for x in m.inputs:
+                x = self.rep.get(x, x)
+                if x in g.members:
+                    continue
+                key = (x, x.op is ONE_HOT)
+                if key not in operands:
+                    operands.append(key)
+        out_masks = [1 if (d.batched or d.coef > 1) else 0 for d in dims]
+        all_masks = [_masks(out, x, oh) for x, oh in operands]
+        # drop size-1 axes, then merge neighbours that every tensor treats alike
+        axes = [a for a in range(len(dims)) if out_masks[a]] or [len(dims) - 1]
+        loops_axes: list[list[int]] = []
+        for a in axes:
+            sig = tuple(m[a] for m in all_masks)
+            if loops_axes and tuple(m[loops_axes[-1][-1]] for m in all_masks) == sig and 2 not in sig:
+                loops_axes[-1].append(a)
+            else:
+                loops_axes.append([a])
+        loops = []
+        for k, group_axes in enumerate(loops_axes):
+            extent = Dim(1, False)
+            for a in group_axes:
+                extent = Dim(extent.coef * dims[a].coef, extent.batched or dims[a].batched)
+            loops.append(Loop(LOOP_VARS[k], extent))
+
+        def collapse(strides: list[int]) -> tuple[int, ...]:
+            return tuple(strides[ax[-1]] for ax in loops_axes)
+
+        accesses = []
+        symbols: dict[tuple[Node, bool], sp.Symbol] = {}
+        for idx, ((x, oh), masks) in enumerate(zip(operands, all_masks)):
+            symbols[(x, oh)] = operand_symbol(idx)
+            if oh:
+                label_masks = [m if m != 2 else 0 for m in masks]
+                strides = collapse(_strides_for(dims, label_masks))
+                class_loop = next(k for k, ax in enumerate(loops_axes) if masks[ax[-1]] == 2)
+                accesses.append(Access(self.table(x.inputs[0]), strides, onehot=class_loop))
+            else:
+                accesses.append(Access(self.table(x), collapse(_strides_for(dims, masks))))
+        values = self._expressions(g, lambda m, x: symbols[(x, x.op is ONE_HOT)])
+        out_strides = collapse(_strides_for(dims, out_masks))
+        assigns = tuple(
+            Assign(Access(self.table(m), out_strides), values[m], m.name) for m in materialized
+        )
+        comment = "; ".join(self._formula(m) for m in g.members)
+        return ElementwiseKernel(self.table.namer(f"k_{materialized[-1].name}"), comment,
+                                 tuple(loops), tuple(accesses), assigns)
+
+    def _gemm(self, g: _Group, materialized: list[Node]) -> GemmKernel:
+        root = g.root
+        op: MatMul = root.op
+        a, b = (self.table.base(self.rep.get(x, x)) for x in root.inputs)
+        a_rows, a_cols = matrix_dims(a)
+        b_rows, b_cols = matrix_dims(b)
+        a_rdim, b_rdim = Dim(a_rows, a.batched), Dim(b_rows, b.batched)
+        if op.trans_a:
+            m, k = Dim(a_cols), a_rdim
+        else:
+            m, k = a_rdim, Dim(a_cols)
+        if op.trans_b:
+            if b.batched:
+                raise NotImplementedError(f"{root.name}: transposed batched right operand")
+            n = Dim(b_rows)
+        else:
+            n = Dim(b_cols)
+        c_node = root if root in materialized else materialized[-1]
+        epilogue = None
+        if len(g.members) > 1:
+            operands: list[Node] = []
+            accesses: list[Access] = []
+            symbols: dict[Node, sp.Symbol] = {}
+
+            def operand_of(member: Node, x: Node) -> sp.Symbol:
+                if x not in symbols:
+                    row, col = self._pattern_2d(member, x)
+                    tensor = self.table(x.inputs[0] if x.op is ONE_HOT else x)
+                    symbols[x] = operand_symbol(len(operands))
+                    operands.append(x)
+                    accesses.append(Access(tensor, (row, col), onehot=1 if x.op is ONE_HOT else None))
+                return symbols[x]
+
+            values = self._expressions(g, operand_of)
+            assigns = tuple(
+                Assign(Access(self.table(mm), (n.coef, 1)), values[mm], mm.name)
+                for mm in materialized if mm is not root
+            )
+            epilogue = Epilogue(tuple(accesses), assigns)
+        comment = self._formula(root)
+        if epilogue:
+            comment += "; then " + "; ".join(self._formula(mm) for mm in g.members[1:])
+        return GemmKernel(
+            self.table.namer(f"k_{c_node.name}"), comment, op.trans_a, op.trans_b, m, n, k,
+            self.table(a), a_cols, self.table(b), b_cols, self.table(c_node), n.coef, False,
+            epilogue,
+        )
+
+    def _reduce(self, node: Node) -> ReduceKernel:
+        src = self.table.base(self.rep.get(node.inputs[0], node.inputs[0]))
+        dims = _full_shape(src)
+        varies = [1 if s > 1 else 0 for s in node.shape]
+        if node.batched:
+            keep_mask = [1] + [0] * (len(src.shape) - len(node.shape)) + varies
+        else:
+            keep_mask = [0] * (len(dims) - len(node.shape)) + varies
+        src_mask = [1 if (d.batched or d.coef > 1) else 0 for d in dims]
+        # neighbouring axes of the same kind (kept or summed) become one loop
+        keep_axes: list[list[int]] = []
+        sum_axes: list[list[int]] = []
+        previous = None
+        for a in range(len(dims)):
+            if not src_mask[a]:
+                continue
+            bucket = keep_axes if keep_mask[a] else sum_axes
+            if previous == keep_mask[a]:
+                bucket[-1].append(a)
+            else:
+                bucket.append([a])
+            previous = keep_mask[a]
+        src_strides = _strides_for(dims, src_mask)
+        dst_strides = _strides_for(dims, keep_mask)
+
+        def loops(buckets, offset):
+            out = []
+            for k, axs in enumerate(buckets):
+                extent = Dim(1, False)
+                for a in axs:
+                    extent = Dim(extent.coef * dims[a].coef, extent.batched or dims[a].batched)
+                out.append(Loop(LOOP_VARS[offset + k], extent))
+            return tuple(out)
+
+        keep_loops = loops(keep_axes, 0)
+        sum_loops = loops(sum_axes, len(keep_loops))
+        all_buckets = keep_axes + sum_axes
+        src_access = Access(self.table(src), tuple(src_strides[ax[-1]] for ax in all_buckets))
+        dst_access = Access(self.table(node), tuple(dst_strides[ax[-1]] for ax in keep_axes))
+        comment = self._formula(node)
+        return ReduceKernel(self.table.namer(f"k_{node.name}"), comment, keep_loops, sum_loops,
+                            src_access, dst_access, node.attrs.get("scale", sp.Integer(1)))
+
+    def _softmax(self, node: Node) -> SoftmaxKernel:
+        src = self.table.base(self.rep.get(node.inputs[0], node.inputs[0]))
+        rows, cols = matrix_dims(node)
+        return SoftmaxKernel(
+            self.table.namer(f"k_{node.name}"),
+            f"{node.name} = softmax({node.inputs[0].name}) over the last axis",
+            Dim(rows, node.batched), cols, self.table(src), self.table(node),
+        )
+
+    def _loss(self, node: Node) -> LossKernel:
+        kind = node.attrs["kind"]
+        pred = self.table.base(self.rep.get(node.inputs[0], node.inputs[0]))
+        target = self.rep.get(node.inputs[1], node.inputs[1])
+        onehot = target.op is ONE_HOT
+        target_tensor = self.table(target.inputs[0] if onehot else target)
+        logits = None
+        if kind.from_logits:
+            logits = self.table(self.table.base(node.inputs[2]))
+        rows, cols = matrix_dims(pred)
+        row_loss = self.table.scratch(f"{node.name}_rows", (rows,), True)
+        return LossKernel(
+            self.table.namer(f"k_{node.name}"),
+            f"{node.name} = mean over the batch of sum over units of {kind.expr}",
+            rows, cols, self.table(pred), target_tensor, onehot, logits, kind.forward,
+            kind.accuracy, row_loss,
+        )

@@ -1,0 +1,438 @@
+/* gc_gemm.h - deterministic, cache-blocked GEMM for graphc-generated C.
+ *
+ * Usage: one scalar type per translation unit.
+ *     #define GC_REAL float            (or double)
+ *     #include "gc_gemm.h"
+ *
+ *     C[M x N] = op(A)[M x K] . op(B)[K x N]   (+ C when accumulate)
+ *
+ * Structure (Goto/BLIS blocking):
+ *   - C is cut into tiles of whole micro-tiles (at most GC_GEMM_MC x GC_GEMM_NC);
+ *     the tiles are shared out by an orphaned `omp for`, so the function is called
+ *     by every thread of an enclosing parallel region (or by one thread outside
+ *     any region, or without OpenMP at all).
+ *   - For each tile, K is walked in blocks of kc <= GC_GEMM_KC.  The kc x nc panel
+ *     of op(B) is packed into micro-panels of GC_GEMM_NR columns (a transpose when
+ *     trans_b), and a GC_GEMM_MR x GC_GEMM_NR register-blocked FMA micro-kernel
+ *     accumulates each micro-tile, broadcasting op(A) values.  Row-major A is read
+ *     in place (no transposing pack); A^T is packed when the tile is wide enough
+ *     to repay it, else read in place too.
+ *   - Edge micro-tiles run on zero-padded B panels (and repeated A rows); only the
+ *     valid part is written back.
+ *
+ * Determinism: element C[i][j] is always ((C0 + s_0) + s_1) + ... where s_b is
+ * the FMA chain over K block b in increasing k, and the K blocks depend on K
+ * only.  Tiling and thread count decide who computes an element, never how, so
+ * results are bit-identical for any number of threads.
+ *
+ * No allocation: the packing buffers are per-thread static arrays (about 660 KiB
+ * of thread-local storage per thread; no stack use beyond a few hundred bytes).
+ */
+#ifndef GC_GEMM_H
+#define GC_GEMM_H
+
+#ifndef GC_REAL
+#error "gc_gemm.h: define GC_REAL as float or double before including it"
+#endif
+
+#include <stddef.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Which scalar type, for the preprocessor: GC_GEMM_CAT(gc_gemm_kind_, GC_REAL)
+   expands to gc_gemm_kind_float (1) or gc_gemm_kind_double (2). */
+#define GC_GEMM_CAT_(a, b) a##b
+#define GC_GEMM_CAT(a, b) GC_GEMM_CAT_(a, b)
+#define gc_gemm_kind_float 1
+#define gc_gemm_kind_double 2
+#if GC_GEMM_CAT(gc_gemm_kind_, GC_REAL) == 2
+#define GC_GEMM_DOUBLE 1
+#elif GC_GEMM_CAT(gc_gemm_kind_, GC_REAL) == 1
+#define GC_GEMM_DOUBLE 0
+#else
+#error "gc_gemm.h: GC_REAL must be float or double"
+#endif
+
+#ifdef _OPENMP
+#define GC_GEMM_OMP_FOR _Pragma("omp for schedule(static)")
+#else
+#define GC_GEMM_OMP_FOR
+#endif
+
+/* Vector width: 256-bit where AVX exists, otherwise 128-bit, which every target
+   with SIMD lowers natively (SSE2, NEON) and the others lower to scalars. */
+#if defined(__AVX__)
+#define GC_GEMM_VBYTES 32
+#else
+#define GC_GEMM_VBYTES 16
+#endif
+
+#if GC_GEMM_DOUBLE
+#define GC_GEMM_VLEN (GC_GEMM_VBYTES / 8)
+#else
+#define GC_GEMM_VLEN (GC_GEMM_VBYTES / 4)
+#endif
+
+/* Micro-tile: MR rows x NR = 2 vectors of columns (6x16 floats / 6x8 doubles with
+   AVX): 12 accumulators, 2 B vectors and 1 broadcast fit 16 vector registers. */
+#define GC_GEMM_MR 6
+#define GC_GEMM_NR (2 * GC_GEMM_VLEN)
+
+/* Cache blocking, in elements.  A kc x NR micro-panel of B (16 KiB) stays in L1
+   while the micro-kernel sweeps the MC rows of A (L2); the kc x NC panel of B
+   (512 KiB) sits in L2. */
+#define GC_GEMM_KC 256
+#if GC_GEMM_DOUBLE
+#define GC_GEMM_MC 72
+#define GC_GEMM_NC 256
+#else
+#define GC_GEMM_MC 144
+#define GC_GEMM_NC 512
+#endif
+
+typedef GC_REAL gc_gemm_vec __attribute__((vector_size(GC_GEMM_VBYTES), may_alias));
+typedef GC_REAL gc_gemm_uvec
+    __attribute__((vector_size(GC_GEMM_VBYTES), may_alias, aligned(sizeof(GC_REAL))));
+
+#if GC_GEMM_VLEN == 2
+#define GC_GEMM_SPLAT(s) {(s), (s)}
+#elif GC_GEMM_VLEN == 4
+#define GC_GEMM_SPLAT(s) {(s), (s), (s), (s)}
+#else
+#define GC_GEMM_SPLAT(s) {(s), (s), (s), (s), (s), (s), (s), (s)}
+#endif
+
+/* Fused multiply-add on vectors: explicit where the target has FMA, so the kernel
+   does not depend on -ffp-contract; elsewhere the compiler may contract. */
+#if defined(__FMA__) && defined(__AVX__)
+#include <immintrin.h>
+#if GC_GEMM_DOUBLE
+#define GC_GEMM_FMA(acc, a, b) ((acc) = _mm256_fmadd_pd((a), (b), (acc)))
+#else
+#define GC_GEMM_FMA(acc, a, b) ((acc) = _mm256_fmadd_ps((a), (b), (acc)))
+#endif
+#else
+#define GC_GEMM_FMA(acc, a, b) ((acc) += (a) * (b))
+#endif
+
+/* Vector transposes for packing B^T; scalar loops where the builtin is missing
+   (or when GC_GEMM_NO_SHUFFLE is defined, which the tests use to cover them). */
+#if defined(__has_builtin) && !defined(GC_GEMM_NO_SHUFFLE)
+#if __has_builtin(__builtin_shufflevector)
+#define GC_GEMM_SHUFFLE 1
+#endif
+#endif
+
+/* Optional per-tile epilogue: called once for every finished tile of C (all of K
+   accumulated), rows [r0, r0+nr) x cols [c0, c0+nc); ctx is passed through. */
+typedef void (*gc_gemm_epilogue)(void *ctx, int r0, int nr, int c0, int nc);
+
+/* Per-thread packing buffers (no malloc, no stack pressure on OpenMP workers). */
+static _Thread_local GC_REAL gc_gemm_apack[GC_GEMM_MC * GC_GEMM_KC] __attribute__((aligned(64)));
+static _Thread_local GC_REAL gc_gemm_bpack[GC_GEMM_KC * GC_GEMM_NC] __attribute__((aligned(64)));
+
+static inline int gc_gemm_min(int a, int b)
+{
+    return a < b ? a : b;
+}
+
+static inline int gc_gemm_ceil_div(int a, int b)
+{
+    return (a + b - 1) / b;
+}
+
+#ifdef GC_GEMM_SHUFFLE
+#define GC_GEMM_SHUF __builtin_shufflevector
+/* d[k * NR + j] = s[j * lds + k] for j, k < VLEN: one VLEN x VLEN block of B^T. */
+static inline void gc_gemm_transpose_block(const GC_REAL *s, ptrdiff_t lds, GC_REAL *d)
+{
+#if GC_GEMM_VLEN == 8
+    gc_gemm_vec r[8];
+    for (int j = 0; j < 8; j++)
+        r[j] = *(const gc_gemm_uvec *)(s + j * lds);
+    gc_gemm_vec t[8];
+    for (int j = 0; j < 8; j += 2) {
+        t[j] = GC_GEMM_SHUF(r[j], r[j + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[j + 1] = GC_GEMM_SHUF(r[j], r[j + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    gc_gemm_vec u[8];
+    for (int j = 0; j < 8; j += 4) {
+        u[j] = GC_GEMM_SHUF(t[j], t[j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[j + 1] = GC_GEMM_SHUF(t[j], t[j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        u[j + 2] = GC_GEMM_SHUF(t[j + 1], t[j + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[j + 3] = GC_GEMM_SHUF(t[j + 1], t[j + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+    for (int k = 0; k < 4; k++) {
+        *(gc_gemm_vec *)(d + k * GC_GEMM_NR) =
+            GC_GEMM_SHUF(u[k], u[k + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        *(gc_gemm_vec *)(d + (k + 4) * GC_GEMM_NR) =
+            GC_GEMM_SHUF(u[k], u[k + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+#elif GC_GEMM_VLEN == 4
+    gc_gemm_vec r[4];
+    for (int j = 0; j < 4; j++)
+        r[j] = *(const gc_gemm_uvec *)(s + j * lds);
+    const gc_gemm_vec t0 = GC_GEMM_SHUF(r[0], r[1], 0, 4, 1, 5);
+    const gc_gemm_vec t1 = GC_GEMM_SHUF(r[0], r[1], 2, 6, 3, 7);
+    const gc_gemm_vec t2 = GC_GEMM_SHUF(r[2], r[3], 0, 4, 1, 5);
+    const gc_gemm_vec t3 = GC_GEMM_SHUF(r[2], r[3], 2, 6, 3, 7);
+    *(gc_gemm_vec *)(d + 0 * GC_GEMM_NR) = GC_GEMM_SHUF(t0, t2, 0, 1, 4, 5);
+    *(gc_gemm_vec *)(d + 1 * GC_GEMM_NR) = GC_GEMM_SHUF(t0, t2, 2, 3, 6, 7);
+    *(gc_gemm_vec *)(d + 2 * GC_GEMM_NR) = GC_GEMM_SHUF(t1, t3, 0, 1, 4, 5);
+    *(gc_gemm_vec *)(d + 3 * GC_GEMM_NR) = GC_GEMM_SHUF(t1, t3, 2, 3, 6, 7);
+#else
+    const gc_gemm_vec r0 = *(const gc_gemm_uvec *)s;
+    const gc_gemm_vec r1 = *(const gc_gemm_uvec *)(s + lds);
+    *(gc_gemm_vec *)d = GC_GEMM_SHUF(r0, r1, 0, 2);
+    *(gc_gemm_vec *)(d + GC_GEMM_NR) = GC_GEMM_SHUF(r0, r1, 1, 3);
+#endif
+}
+#endif /* GC_GEMM_SHUFFLE */
+
+/* Pack rows [p0, p0+kc) x cols [j0, j0+nc) of op(B) into micro-panels of NR
+   columns, each stored k-major (NR values per k); columns past nc are zero. */
+static inline void gc_gemm_pack_b(int trans_b, const GC_REAL *B, int ldb, int p0, int kc,
+                                  int j0, int nc, GC_REAL *restrict dst)
+{
+    for (int jr = 0; jr < nc; jr += GC_GEMM_NR) {
+        const int nr = gc_gemm_min(GC_GEMM_NR, nc - jr);
+        GC_REAL *restrict d = dst + (size_t)jr * kc;
+        if (!trans_b) {
+            /* op(B)[k][j] = B[k][j]: NR contiguous values per k */
+            const GC_REAL *s = B + (size_t)p0 * ldb + j0 + jr;
+            if (nr == GC_GEMM_NR) {
+                for (int k = 0; k < kc; k++) {
+                    const gc_gemm_uvec *sv = (const gc_gemm_uvec *)(s + (size_t)k * ldb);
+                    gc_gemm_vec *dv = (gc_gemm_vec *)(d + (size_t)k * GC_GEMM_NR);
+                    dv[0] = sv[0];
+                    dv[1] = sv[1];
+                }
+            } else {
+                for (int k = 0; k < kc; k++) {
+                    for (int j = 0; j < nr; j++)
+                        d[k * GC_GEMM_NR + j] = s[(size_t)k * ldb + j];
+                    for (int j = nr; j < GC_GEMM_NR; j++)
+                        d[k * GC_GEMM_NR + j] = 0;
+                }
+            }
+            continue;
+        }
+        /* op(B)[k][j] = B[j][k]: a transpose of NR rows of B */
+        const GC_REAL *s = B + (size_t)(j0 + jr) * ldb + p0;
+        int k0 = 0;
+#ifdef GC_GEMM_SHUFFLE
+        if (nr == GC_GEMM_NR) {
+            for (; k0 + GC_GEMM_VLEN <= kc; k0 += GC_GEMM_VLEN) {
+                gc_gemm_transpose_block(s + k0, ldb, d + (size_t)k0 * GC_GEMM_NR);
+                gc_gemm_transpose_block(s + (size_t)GC_GEMM_VLEN * ldb + k0, ldb,
+                                        d + (size_t)k0 * GC_GEMM_NR + GC_GEMM_VLEN);
+            }
+        }
+#endif
+        for (int j = 0; j < GC_GEMM_NR; j++) {
+            if (j < nr) {
+                for (int k = k0; k < kc; k++)
+                    d[k * GC_GEMM_NR + j] = s[(size_t)j * ldb + k];
+            } else {
+                for (int k = k0; k < kc; k++)
+                    d[k * GC_GEMM_NR + j] = 0;
+            }
+        }
+    }
+}
+
+/* Pack an mc x kc block of op(A) = A^T, a[k*lda + i], into micro-panels of MR
+   rows stored k-major (MR values per k).  Read in place, consecutive k of A^T are
+   lda apart and a power-of-two lda makes them fight over a few L1 sets; packed,
+   they are contiguous.  Rows past mc are left unset: the kernel never reads them. */
+static inline void gc_gemm_pack_at(const GC_REAL *a, int lda, int mc, int kc,
+                                   GC_REAL *restrict dst)
+{
+    for (int ir = 0; ir < mc; ir += GC_GEMM_MR) {
+        const int mr = gc_gemm_min(GC_GEMM_MR, mc - ir);
+        GC_REAL *restrict d = dst + (size_t)ir * kc;
+        const GC_REAL *s = a + ir;
+        if (mr == GC_GEMM_MR) {
+            for (int k = 0; k < kc; k++) {
+                for (int r = 0; r < GC_GEMM_MR; r++)
+                    d[k * GC_GEMM_MR + r] = s[(size_t)k * lda + r];
+            }
+        } else {
+            for (int k = 0; k < kc; k++) {
+                for (int r = 0; r < mr; r++)
+                    d[k * GC_GEMM_MR + r] = s[(size_t)k * lda + r];
+            }
+        }
+    }
+}
+
+#define GC_GEMM_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+
+/* One MR x NR micro-tile: acc = sum_k a(:,k) b(k,:) in increasing k, where
+   a(r,k) = a[r*rs + k*cs] is read in place from A and b is a packed micro-panel
+   (NR per k).  Then C = acc, or C += acc when add.  Only the top-left mr x nr part
+   is written; rows past mr re-read row mr-1 (valid memory) and are discarded. */
+static inline void gc_gemm_micro(int kc, const GC_REAL *a, ptrdiff_t rs, ptrdiff_t cs,
+                                 const GC_REAL *restrict b, GC_REAL *restrict c, int ldc,
+                                 int mr, int nr, int add)
+{
+#define GC_GEMM_INIT(r)                        \
+    gc_gemm_vec c##r##0 = {0}, c##r##1 = {0};  \
+    const GC_REAL *a##r = a + ((r) < mr ? (r) : mr - 1) * rs;
+    GC_GEMM_ROWS(GC_GEMM_INIT)
+#undef GC_GEMM_INIT
+    const ptrdiff_t kend = (ptrdiff_t)kc * cs;
+    for (ptrdiff_t k = 0; k < kend; k += cs) {
+        const gc_gemm_vec b0 = ((const gc_gemm_vec *)b)[0];
+        const gc_gemm_vec b1 = ((const gc_gemm_vec *)b)[1];
+#define GC_GEMM_STEP(r)                                 \
+    {                                                   \
+        const gc_gemm_vec ar = GC_GEMM_SPLAT(a##r[k]);  \
+        GC_GEMM_FMA(c##r##0, ar, b0);                   \
+        GC_GEMM_FMA(c##r##1, ar, b1);                   \
+    }
+        GC_GEMM_ROWS(GC_GEMM_STEP)
+#undef GC_GEMM_STEP
+        b += GC_GEMM_NR;
+    }
+    if (mr == GC_GEMM_MR && nr == GC_GEMM_NR) {
+#define GC_GEMM_STORE(r)                                             \
+    {                                                                \
+        gc_gemm_uvec *cv = (gc_gemm_uvec *)(c + (size_t)(r) * ldc);  \
+        if (add) {                                                   \
+            cv[0] += c##r##0;                                        \
+            cv[1] += c##r##1;                                        \
+        } else {                                                     \
+            cv[0] = c##r##0;                                         \
+            cv[1] = c##r##1;                                         \
+        }                                                            \
+    }
+        GC_GEMM_ROWS(GC_GEMM_STORE)
+#undef GC_GEMM_STORE
+        return;
+    }
+    gc_gemm_vec tile[GC_GEMM_MR][2];
+#define GC_GEMM_SPILL(r)  \
+    tile[r][0] = c##r##0; \
+    tile[r][1] = c##r##1;
+    GC_GEMM_ROWS(GC_GEMM_SPILL)
+#undef GC_GEMM_SPILL
+    const GC_REAL *t = (const GC_REAL *)tile;
+    for (int i = 0; i < mr; i++) {
+        GC_REAL *ci = c + (size_t)i * ldc;
+        const GC_REAL *ti = t + i * GC_GEMM_NR;
+        if (add) {
+            for (int j = 0; j < nr; j++)
+                ci[j] += ti[j];
+        } else {
+            for (int j = 0; j < nr; j++)
+                ci[j] = ti[j];
+        }
+    }
+}
+
+/* All micro-tiles of one mc x nc tile for one K block: a points at op(A)[i0][p0]
+   with strides rs between rows and cs between k inside a micro-panel and ps * MR
+   between micro-panels (ps = rs in place, kc packed); bp is the packed B panel. */
+static inline void gc_gemm_macro(int mc, int nc, int kc, const GC_REAL *a, ptrdiff_t rs,
+                                 ptrdiff_t cs, ptrdiff_t ps, const GC_REAL *bp, GC_REAL *c,
+                                 int ldc, int add)
+{
+    for (int jr = 0; jr < nc; jr += GC_GEMM_NR) {
+        const int nr = gc_gemm_min(GC_GEMM_NR, nc - jr);
+        for (int ir = 0; ir < mc; ir += GC_GEMM_MR) {
+            const int mr = gc_gemm_min(GC_GEMM_MR, mc - ir);
+            gc_gemm_micro(kc, a + ir * ps, rs, cs, bp + (size_t)jr * kc,
+                          c + (size_t)ir * ldc + jr, ldc, mr, nr, add);
+        }
+    }
+}
+
+/* Tile grid: at most MC x NC per tile, then split further until the tiles share
+   out evenly over the team (the grid never changes a result, only who works). */
+static inline void gc_gemm_grid(int mpanels, int npanels, int nthreads, int *gm, int *gn)
+{
+    int m = gc_gemm_ceil_div(mpanels, GC_GEMM_MC / GC_GEMM_MR);
+    int n = gc_gemm_ceil_div(npanels, GC_GEMM_NC / GC_GEMM_NR);
+    while ((m * n) % nthreads != 0 && m * n < 4 * nthreads) {
+        /* Split N first: every tile packs its own B panel, so tall tiles pack less. */
+        if (n < npanels)
+            n++;
+        else if (m < mpanels)
+            m++;
+        else
+            break;
+    }
+    *gm = m;
+    *gn = n;
+}
+
+/* C[M x N] (row-major, leading dim ldc) = op(A)[M x K] * op(B)[K x N]  (+ C if accumulate)
+   op(A) = A (row-major M x K, lda) if !trans_a, else A^T where A is stored K x M (lda).
+   op(B) = B (row-major K x N, ldb) if !trans_b, else B^T where B is stored N x K (ldb).
+   Call it from every thread of a parallel region, or from one thread; it returns once
+   all of C is done. */
+static void gc_gemm(int trans_a, int trans_b, int M, int N, int K, const GC_REAL *A, int lda,
+                    const GC_REAL *B, int ldb, int accumulate, GC_REAL *C, int ldc,
+                    gc_gemm_epilogue epilogue, void *ctx) __attribute__((unused));
+
+static void gc_gemm(int trans_a, int trans_b, int M, int N, int K, const GC_REAL *A, int lda,
+                    const GC_REAL *B, int ldb, int accumulate, GC_REAL *C, int ldc,
+                    gc_gemm_epilogue epilogue, void *ctx)
+{
+    int nthreads = 1;
+#ifdef _OPENMP
+    nthreads = omp_get_num_threads();
+#endif
+    const int mpanels = gc_gemm_ceil_div(M, GC_GEMM_MR);
+    const int npanels = gc_gemm_ceil_div(N, GC_GEMM_NR);
+    int gm = 0;
+    int gn = 0;
+    if (M > 0 && N > 0)
+        gc_gemm_grid(mpanels, npanels, nthreads, &gm, &gn);
+    const int ntiles = gm * gn;
+    /* K blocks of equal size (<= KC); they depend on K only. */
+    const int kblocks = gc_gemm_ceil_div(K, GC_GEMM_KC);
+    const int kcs = kblocks > 0 ? gc_gemm_ceil_div(K, kblocks) : 0;
+    /* op(A)[i][k] = A[i*rs + k*cs] */
+    const ptrdiff_t rs = trans_a ? 1 : lda;
+    const ptrdiff_t cs = trans_a ? lda : 1;
+
+    GC_GEMM_OMP_FOR
+    for (int t = 0; t < ntiles; t++) {
+        const int ti = t / gn;
+        const int tj = t % gn;
+        const int i0 = (int)((long long)ti * mpanels / gm) * GC_GEMM_MR;
+        const int i1 = gc_gemm_min((int)((long long)(ti + 1) * mpanels / gm) * GC_GEMM_MR, M);
+        const int j0 = (int)((long long)tj * npanels / gn) * GC_GEMM_NR;
+        const int j1 = gc_gemm_min((int)((long long)(tj + 1) * npanels / gn) * GC_GEMM_NR, N);
+        const int mc = i1 - i0;
+        const int nc = j1 - j0;
+        GC_REAL *ct = C + (size_t)i0 * ldc + j0;
+        if (kblocks == 0 && !accumulate) {
+            for (int i = 0; i < mc; i++)
+                memset(ct + (size_t)i * ldc, 0, (size_t)nc * sizeof(GC_REAL));
+        }
+        for (int kb = 0; kb < kblocks; kb++) {
+            const int p0 = kb * kcs;
+            const int kc = gc_gemm_min(kcs, K - p0);
+            gc_gemm_pack_b(trans_b, B, ldb, p0, kc, j0, nc, gc_gemm_bpack);
+            const GC_REAL *a = A + i0 * rs + p0 * cs;
+            const int add = accumulate || kb > 0;
+            if (trans_a && nc >= 4 * GC_GEMM_NR) {
+                /* Packing A^T pays off once enough B micro-panels reuse it. */
+                gc_gemm_pack_at(a, lda, mc, kc, gc_gemm_apack);
+                gc_gemm_macro(mc, nc, kc, gc_gemm_apack, 1, GC_GEMM_MR, kc, gc_gemm_bpack, ct,
+                              ldc, add);
+            } else {
+                gc_gemm_macro(mc, nc, kc, a, rs, cs, rs, gc_gemm_bpack, ct, ldc, add);
+            }
+        }
+        if (epilogue)
+            epilogue(ctx, i0, mc, j0, nc);
+    }
+}
+
+#endif /* GC_GEMM_H */

@@ -1,0 +1,71 @@
+/* Test harness for runtime/gc_gemm.h, built once per GC_REAL (see tests/test_gemm.py).
+ * h_gemm runs gc_gemm from inside a parallel region of nthreads threads (or from
+ * plain serial code when nthreads == 0); its epilogue counts how often each C
+ * element is handed over and snapshots the tile, so the test can check that every
+ * element is covered exactly once and was final when the epilogue saw it. */
+#ifndef GC_REAL
+#define GC_REAL float
+#endif
+#include "gc_gemm.h"
+
+typedef struct {
+    int *counts;          /* M x N, +1 per epilogue covering the element */
+    GC_REAL *snapshot;    /* M x N, C as the epilogue saw it */
+    const GC_REAL *c;
+    int ldc;
+    int n;
+} h_ctx;
+
+int h_real_size(void);
+int h_openmp(void);
+void h_gemm(int trans_a, int trans_b, int m, int n, int k, const void *a, int lda, const void *b,
+            int ldb, int accumulate, void *c, int ldc, int nthreads, int *counts,
+            void *snapshot);
+
+static void h_epilogue(void *p, int r0, int nr, int c0, int nc)
+{
+    const h_ctx *ctx = (const h_ctx *)p;
+    for (int i = r0; i < r0 + nr; i++) {
+        for (int j = c0; j < c0 + nc; j++) {
+#ifdef _OPENMP
+#pragma omp atomic
+#endif
+            ctx->counts[i * ctx->n + j] += 1;
+            ctx->snapshot[i * ctx->n + j] = ctx->c[(size_t)i * ctx->ldc + j];
+        }
+    }
+}
+
+int h_real_size(void)
+{
+    return (int)sizeof(GC_REAL);
+}
+
+int h_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+void h_gemm(int trans_a, int trans_b, int m, int n, int k, const void *a, int lda, const void *b,
+            int ldb, int accumulate, void *c, int ldc, int nthreads, int *counts,
+            void *snapshot)
+{
+    h_ctx ctx = {counts, (GC_REAL *)snapshot, (const GC_REAL *)c, ldc, n};
+    gc_gemm_epilogue epilogue = counts ? h_epilogue : NULL;
+    if (nthreads <= 0) {
+        gc_gemm(trans_a, trans_b, m, n, k, (const GC_REAL *)a, lda, (const GC_REAL *)b, ldb,
+                accumulate, (GC_REAL *)c, ldc, epilogue, &ctx);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads)
+#endif
+    {
+        gc_gemm(trans_a, trans_b, m, n, k, (const GC_REAL *)a, lda, (const GC_REAL *)b, ldb,
+                accumulate, (GC_REAL *)c, ldc, epilogue, &ctx);
+    }
+}

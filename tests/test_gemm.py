@@ -1,0 +1,246 @@
+"""Tests for runtime/gc_gemm.h: correctness against numpy, determinism across thread
+counts, epilogue coverage, and warning-free builds with gcc/clang, with and without
+OpenMP and -march=native."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import cffi
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNTIME = ROOT / "runtime"
+HARNESS = Path(__file__).resolve().parent / "gemm_harness.c"
+WARNINGS = ["-std=gnu11", "-Wall", "-Wextra", "-Werror"]
+
+CDEF = """
+int h_real_size(void);
+int h_openmp(void);
+void h_gemm(int trans_a, int trans_b, int m, int n, int k, const void *a, int lda,
+            const void *b, int ldb, int accumulate, void *c, int ldc, int nthreads,
+            int *counts, void *snapshot);
+"""
+
+# (M, N, K): zeros, ones, odd sizes, exact micro-tiles, and sizes past every block
+# (MC = 144/72, NC = 512/256, KC = 256 for float/double).
+SIZES = [
+    (0, 5, 7),
+    (5, 0, 7),
+    (5, 7, 0),
+    (1, 1, 1),
+    (1, 17, 3),
+    (7, 1, 5),
+    (3, 5, 7),
+    (6, 16, 8),
+    (13, 33, 29),
+    (33, 7, 130),
+    (130, 40, 9),
+    (37, 70, 11),
+    (150, 530, 300),
+]
+
+BUILDS = {
+    "gcc-openmp-native": ("gcc", ["-O2", "-march=native", "-fopenmp"]),
+    "gcc-portable": ("gcc", ["-O2"]),
+    "gcc-scalar-transpose": ("gcc", ["-O2", "-march=native", "-fopenmp", "-DGC_GEMM_NO_SHUFFLE"]),
+    "clang-openmp-native": ("clang", ["-O2", "-march=native", "-fopenmp"]),
+}
+
+
+def _compile(cc: str, flags: list[str], real: str, out: Path) -> Path:
+    """Compile the harness into a shared library; fail with the compiler log."""
+    cmd = [cc, *WARNINGS, *flags, "-fPIC", "-shared", f"-DGC_REAL={real}", f"-I{RUNTIME}"]
+    cmd += [str(HARNESS), "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed:\n{proc.stderr}")
+    return out
+
+
+def _clang_openmp_reason(tmp: Path) -> str | None:
+    """Why clang cannot build OpenMP code here, or None if it can."""
+    if shutil.which("clang") is None:
+        return "clang is not on PATH"
+    probe = tmp / "probe.c"
+    probe.write_text("#include <omp.h>\nint main(void) { return omp_get_max_threads() < 1; }\n")
+    proc = subprocess.run(
+        ["clang", "-fopenmp", str(probe), "-o", str(tmp / "probe")], capture_output=True
+    )
+    if proc.returncode != 0:
+        return "clang cannot build OpenMP programs (libomp missing?)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def libs(tmp_path_factory):
+    """Lazily built harness libraries, keyed by (build name, dtype)."""
+    tmp = tmp_path_factory.mktemp("gemm")
+    cache = {}
+
+    def get(build: str, dtype):
+        key = (build, np.dtype(dtype).name)
+        if key not in cache:
+            cc, flags = BUILDS[build]
+            if cc == "clang":
+                reason = _clang_openmp_reason(tmp)
+                if reason:
+                    pytest.skip(reason)
+            real = "float" if np.dtype(dtype) == np.float32 else "double"
+            path = _compile(cc, flags, real, tmp / f"harness_{build}_{real}.so")
+            ffi = cffi.FFI()
+            ffi.cdef(CDEF)
+            lib = ffi.dlopen(str(path))
+            assert lib.h_real_size() == np.dtype(dtype).itemsize
+            cache[key] = (ffi, lib)
+        return cache[key]
+
+    return get
+
+
+def _strided(rng, rows: int, cols: int, pad: int, dtype):
+    """A rows x cols matrix stored with leading dimension cols + pad; returns (storage, view, ld)."""
+    ld = cols + pad
+    storage = rng.standard_normal((max(rows, 1), max(ld, 1))).astype(dtype)
+    return storage, storage[:rows, :cols], ld
+
+
+def _run(ffi, lib, ta, tb, M, N, K, a, lda, b, ldb, accumulate, c0, ldc, nthreads):
+    """Run h_gemm on a copy of c0; returns (C storage, counts, snapshot)."""
+    c = c0.copy()
+    counts = np.zeros((max(M, 1), max(N, 1)), dtype=np.intc)
+    snap = np.zeros((max(M, 1), max(N, 1)), dtype=c0.dtype)
+    lib.h_gemm(
+        ta, tb, M, N, K,
+        ffi.from_buffer(a), lda, ffi.from_buffer(b), ldb,
+        accumulate, ffi.from_buffer(c), ldc, nthreads,
+        ffi.cast("int *", ffi.from_buffer(counts)), ffi.from_buffer(snap),
+    )  # fmt: skip
+    return c, counts[:M, :N], snap[:M, :N]
+
+
+def _check_build(libs, build: str, dtype, ta: int, tb: int, thread_counts: list[int]):
+    ffi, lib = libs(build, dtype)
+    eps = np.finfo(dtype).eps
+    rng = np.random.default_rng(1234 + 2 * ta + tb)
+    for index, (M, N, K) in enumerate(SIZES):
+        pad = 0 if index % 2 == 0 else 3
+        a, a_view, lda = _strided(rng, K if ta else M, M if ta else K, pad, dtype)
+        b, b_view, ldb = _strided(rng, N if tb else K, K if tb else N, pad + 1, dtype)
+        op_a = (a_view.T if ta else a_view).astype(np.float64)
+        op_b = (b_view.T if tb else b_view).astype(np.float64)
+        c0, c0_view, ldc = _strided(rng, M, N, pad + 2, dtype)
+        for accumulate in (0, 1):
+            base = c0_view.astype(np.float64) if accumulate else np.zeros((M, N))
+            want = base + op_a @ op_b
+            bound = 2 * (K + 2) * eps * (np.abs(op_a) @ np.abs(op_b) + np.abs(base)) + 1e-300
+            first = None
+            for nthreads in thread_counts:
+                where = f"{build} {dtype.__name__} ta={ta} tb={tb} M,N,K={M},{N},{K} "
+                where += f"acc={accumulate} threads={nthreads}"
+                c, counts, snap = _run(
+                    ffi, lib, ta, tb, M, N, K, a, lda, b, ldb, accumulate, c0, ldc, nthreads
+                )
+                got = c[:M, :N]
+                assert np.all(np.abs(got - want) <= bound), where
+                # Storage outside the M x N view (padding of ldc) is untouched.
+                outside = np.ones(c.shape, dtype=bool)
+                outside[:M, :N] = False
+                assert np.array_equal(c[outside], c0[outside]), where
+                # Every element handed to exactly one epilogue, after it was final.
+                assert np.all(counts == 1), where
+                assert np.array_equal(snap, got), where
+                if first is None:
+                    first = got.copy()
+                else:
+                    assert first.tobytes() == got.tobytes(), f"not deterministic: {where}"
+
+
+TRANS = [(0, 0), (0, 1), (1, 0), (1, 1)]
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ta,tb", TRANS)
+def test_gemm_gcc_openmp(libs, dtype, ta, tb):
+    """Matches numpy; bit-identical for 1, 2, 3 threads and outside a parallel region."""
+    _check_build(libs, "gcc-openmp-native", dtype, ta, tb, [1, 2, 3, 0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ta,tb", TRANS)
+def test_gemm_portable_no_openmp(libs, dtype, ta, tb):
+    """Without -fopenmp and -march=native: the 128-bit vector fallback, serial."""
+    _check_build(libs, "gcc-portable", dtype, ta, tb, [0, 2])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ta,tb", TRANS)
+def test_gemm_clang_openmp(libs, dtype, ta, tb):
+    """clang build of the same header agrees with numpy and is deterministic."""
+    _check_build(libs, "clang-openmp-native", dtype, ta, tb, [1, 2, 3])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ta,tb", [(0, 1), (1, 1)])
+def test_gemm_scalar_transpose(libs, dtype, ta, tb):
+    """The scalar B^T packing used where __builtin_shufflevector is missing."""
+    _check_build(libs, "gcc-scalar-transpose", dtype, ta, tb, [1, 2])
+
+
+FLAG_SETS = {
+    "native-openmp": ["-O3", "-march=native", "-fopenmp"],
+    "openmp": ["-O3", "-fopenmp"],
+    "native": ["-O3", "-march=native"],
+    "plain": ["-O3"],
+}
+
+
+def _skip_unless_usable(cc: str, flags: list[str], tmp: Path) -> None:
+    if shutil.which(cc) is None:
+        pytest.skip(f"{cc} is not on PATH")
+    if cc == "clang" and "-fopenmp" in flags:
+        reason = _clang_openmp_reason(tmp)
+        if reason:
+            pytest.skip(reason)
+
+
+@pytest.mark.parametrize("real", ["float", "double"])
+@pytest.mark.parametrize("flags", FLAG_SETS.values(), ids=FLAG_SETS.keys())
+@pytest.mark.parametrize("cc", ["gcc", "clang"])
+def test_header_compiles_clean(tmp_path, cc, flags, real):
+    """The harness (which calls gc_gemm) builds with -O3 -Wall -Wextra -Werror everywhere."""
+    _skip_unless_usable(cc, flags, tmp_path)
+    cmd = [cc, *WARNINGS, *flags, f"-DGC_REAL={real}", f"-I{RUNTIME}", "-c", str(HARNESS)]
+    cmd += ["-o", str(tmp_path / "h.o")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stderr}"
+
+
+@pytest.mark.parametrize("cc", ["gcc", "clang"])
+def test_header_compiles_clean_when_unused(tmp_path, cc):
+    """A translation unit that includes the header but never calls gc_gemm stays -Werror clean."""
+    flags = FLAG_SETS["native-openmp"]
+    _skip_unless_usable(cc, flags, tmp_path)
+    src = tmp_path / "unused.c"
+    src.write_text(
+        '#define GC_REAL float\n#include "gc_gemm.h"\n'
+        "int unused_tu(void);\nint unused_tu(void) { return 0; }\n"
+    )
+    cmd = [cc, *WARNINGS, *flags, f"-I{RUNTIME}", "-c", str(src), "-o", str(tmp_path / "u.o")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stderr}"
+
+
+def test_header_rejects_other_types(tmp_path):
+    """GC_REAL other than float/double is a compile error, not silent garbage."""
+    src = tmp_path / "bad.c"
+    src.write_text('#define GC_REAL int\n#include "gc_gemm.h"\n')
+    proc = subprocess.run(
+        ["gcc", *WARNINGS, f"-I{RUNTIME}", "-c", str(src), "-o", str(tmp_path / "b.o")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    assert "GC_REAL must be float or double" in proc.stderr

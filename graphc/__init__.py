@@ -4,6 +4,9 @@ Declare a network as a static graph, let the compiler derive its δ (backpropaga
 recurrences symbolically, and train it through generated C compiled ahead of time.
 """
 
+from graphc import schedules
+from graphc.build import clear_cache
+from graphc.compiler import compile
 from graphc.errors import (
     CheckpointError,
     CompileError,
@@ -13,9 +16,6 @@ from graphc.errors import (
     NotDifferentiableError,
     ShapeError,
 )
-from graphc import schedules
-from graphc.build import clear_cache
-from graphc.compiler import compile
 from graphc.explain import explain
 from graphc.graph import Graph, Init, Node
 from graphc.layers import dense

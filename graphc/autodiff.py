@@ -140,12 +140,15 @@ class Adjoints:
         return self.reduce_to(node, wrt) if reduce else node
 
     def matmul(
-        self, a: Node, b: Node, trans_a: bool = False, trans_b: bool = False, wrt: Node | None = None
+        self,
+        a: Node,
+        b: Node,
+        trans_a: bool = False,
+        trans_b: bool = False,
+        wrt: Node | None = None,
     ) -> Node:
         """A matrix product in the backward pass."""
-        node = make_matmul(
-            a, b, trans_a, trans_b, name=self._name(wrt, "matmul"), graph=self.graph
-        )
+        node = make_matmul(a, b, trans_a, trans_b, name=self._name(wrt, "matmul"), graph=self.graph)
         return self._track(node)
 
     def reduce(self, x: Node, shape: tuple[int, ...], batched: bool) -> Node:
@@ -162,7 +165,9 @@ class Adjoints:
 
     def reshape(self, delta: Node, wrt: Node, base: Node) -> Node:
         """δ seen with the shape of the reshape's input."""
-        return self._track(reshape(delta, wrt.shape, name=self._name(wrt, "reshape"), graph=self.graph))
+        return self._track(
+            reshape(delta, wrt.shape, name=self._name(wrt, "reshape"), graph=self.graph)
+        )
 
     def accumulate(self, wrt: Node, parts: list[Node]) -> Node:
         """Sum the contributions of several consumers into one δ."""

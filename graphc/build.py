@@ -53,14 +53,14 @@ def find_compiler() -> str:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiler_version(cc: str) -> str:
     """First line of ``cc --version`` (part of the cache key)."""
     out = subprocess.run(shlex.split(cc) + ["--version"], capture_output=True, text=True)
     return (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else cc
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _supports(cc: str, flag: str, code: str) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "probe.c")
@@ -150,8 +150,11 @@ def build_c(
         _atomic_write(header_path, header.encode())
         fd, tmp_lib = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".so")
         os.close(fd)
-        command = shlex.split(cc) + flags + ["-I", RUNTIME_DIR, "-I", directory,
-                                             "-o", tmp_lib, source_path, "-lm"]
+        command = (
+            shlex.split(cc)
+            + flags
+            + ["-I", RUNTIME_DIR, "-I", directory, "-o", tmp_lib, source_path, "-lm"]
+        )
         log.info("compiling %s", " ".join(command))
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:

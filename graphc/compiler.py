@@ -35,12 +35,10 @@ from graphc.kernels import (
     Program,
     Tensor,
 )
-from graphc.optim import G, LR, P, STEP, Optimizer
+from graphc.optim import LR, STEP, G, Optimizer, P
 from graphc.passes.cse import common_subexpressions
 from graphc.passes.fuse import Lowering, TensorTable, operand_symbol
 from graphc.passes.memory import plan as plan_memory
-from graphc.schedules import ETA0
-from graphc.schedules import T as SCHEDULE_T
 
 DTYPES = {"float32": 4, "float64": 8}
 
@@ -62,7 +60,13 @@ def _update_kernel(pp: ParamPlan, optimizer: Optimizer, table: TensorTable) -> E
     targets = {"p": pp.param, **{name: pp.states[k] for k, name in enumerate(rule.states)}}
     for target, expr in rule.assigns:
         value = expr.xreplace(current)
-        assigns.append(Assign(Access(targets[target], (1,)), value, f"{pp.param.label}.{target}" if target != "p" else pp.param.label))
+        assigns.append(
+            Assign(
+                Access(targets[target], (1,)),
+                value,
+                f"{pp.param.label}.{target}" if target != "p" else pp.param.label,
+            )
+        )
         key = P if target == "p" else sp.Symbol(target, real=True)
         current[key] = value
     scalar_symbols = {STEP: sp.Symbol("t"), LR: sp.Symbol("lr")}
@@ -71,9 +75,14 @@ def _update_kernel(pp: ParamPlan, optimizer: Optimizer, table: TensorTable) -> E
         f"{t} <- {e}" for t, e in rule.assigns
     )
     return ElementwiseKernel(
-        table.namer(f"update_{pp.param.label}"), comment, (loop,),
-        tuple(Access(t, (1,)) for t in operands), tuple(assigns), scalars,
-        args=(("real", "lr"),) + ((("double", "t"),) if any(e.has(sp.Symbol("t")) for _, e in scalars) else ()),
+        table.namer(f"update_{pp.param.label}"),
+        comment,
+        (loop,),
+        tuple(Access(t, (1,)) for t in operands),
+        tuple(assigns),
+        scalars,
+        args=(("real", "lr"),)
+        + ((("double", "t"),) if any(e.has(sp.Symbol("t")) for _, e in scalars) else ()),
     )
 
 
@@ -116,15 +125,27 @@ def plan_model(
         need = ancestors(output_nodes)
         lowering = Lowering(_ordered(graph.nodes, need), set(output_nodes), table)
         inputs = tuple(table(x) for x in graph.inputs if x in need)
-        programs.append(Program("infer", "Inference: compute the outputs for n rows.",
-                                tuple(lowering.kernels()), inputs,
-                                frozenset(table(o).alias_of or table(o).name for o in output_nodes)))
+        programs.append(
+            Program(
+                "infer",
+                "Inference: compute the outputs for n rows.",
+                tuple(lowering.kernels()),
+                inputs,
+                frozenset(table(o).alias_of or table(o).name for o in output_nodes),
+            )
+        )
     if graph.loss is not None:
         need = ancestors([graph.loss])
         inputs = tuple(table(x) for x in graph.inputs if x in need)
         lowering = Lowering(_ordered(graph.nodes, need), {graph.loss}, table)
-        programs.append(Program("eval", "Evaluation: the loss (and hits) for n rows.",
-                                tuple(lowering.kernels()), inputs))
+        programs.append(
+            Program(
+                "eval",
+                "Evaluation: the loss (and hits) for n rows.",
+                tuple(lowering.kernels()),
+                inputs,
+            )
+        )
 
     params: list[ParamPlan] = []
     for p in graph.params:
@@ -136,8 +157,9 @@ def plan_model(
                 Tensor(namer(f"{p.name}.{s}"), f"{p.name}.{s}", "real", p.shape, False, "state")
                 for s in rule_states
             )
-        params.append(ParamPlan(table(p), table(grad) if grad is not None else None, states,
-                                grad is not None))
+        params.append(
+            ParamPlan(table(p), table(grad) if grad is not None else None, states, grad is not None)
+        )
     if train:
         grads = list(backward.grads.values())
         need = ancestors([graph.loss] + grads)
@@ -146,11 +168,24 @@ def plan_model(
         kernels: list[Kernel] = list(lowering.kernels())
         inputs = tuple(table(x) for x in graph.inputs if x in need)
         grad_names = frozenset(table(g).name for g in grads)
-        programs.append(Program("grad", "Gradients: forward and δ pass for n rows, no update.",
-                                tuple(kernels), inputs, grad_names))
+        programs.append(
+            Program(
+                "grad",
+                "Gradients: forward and δ pass for n rows, no update.",
+                tuple(kernels),
+                inputs,
+                grad_names,
+            )
+        )
         kernels += [_update_kernel(pp, optimizer, table) for pp in params if pp.trainable]
-        programs.append(Program("train", "Training step: forward, δ pass and update for n rows.",
-                                tuple(kernels), inputs))
+        programs.append(
+            Program(
+                "train",
+                "Training step: forward, δ pass and update for n rows.",
+                tuple(kernels),
+                inputs,
+            )
+        )
 
     slots = tuple(
         Tensor(namer(f"batch_{x.name}"), f"batch of {x.name}", x.dtype, x.shape, True, "slot")

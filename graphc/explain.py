@@ -18,11 +18,11 @@ def display(node: Node) -> str:
     """δ[layer] for a layer's error term, ∂E/∂x for other gradients, the name otherwise."""
     name = node.name
     if name.startswith("delta_"):
-        return f"δ[{name[len('delta_'):]}]"
+        return f"δ[{name[len('delta_') :]}]"
     if name.startswith("grad_"):
-        return f"∂E/∂{name[len('grad_'):]}"
+        return f"∂E/∂{name[len('grad_') :]}"
     if name.startswith("d_"):
-        return f"∂E/∂{name[len('d_'):]}"
+        return f"∂E/∂{name[len('d_') :]}"
     if node.op is ONE_HOT:
         return node.inputs[0].name
     return name
@@ -58,8 +58,11 @@ def explain(graph: Graph, frozen: set[str] | None = None) -> str:
             uses[x] = uses.get(x, 0) + 1
     # gradients with respect to activations are shown inside the δ that consumes them
     inline = {n for n in backward.nodes if n.name.startswith("d_") and uses.get(n, 0) == 1}
-    lines = [f"δ pass of graph {graph.name!r}: E = {graph.loss.name}, mean over the batch (n rows)",
-             "", "error terms:"]
+    lines = [
+        f"δ pass of graph {graph.name!r}: E = {graph.loss.name}, mean over the batch (n rows)",
+        "",
+        "error terms:",
+    ]
     for node in backward.nodes:
         if node.name.startswith("delta_") and not node.name.endswith("_part"):
             lines.append(f"  {display(node)} = {_formula(node, inline)}")

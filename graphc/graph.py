@@ -10,8 +10,9 @@ from __future__ import annotations
 import inspect
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -335,7 +336,9 @@ def _shape_tuple(shape: Sequence[int] | int, what: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(s) for s in shape)
     except TypeError as exc:
-        raise ShapeError(f"{what}: shape must be a tuple of positive integers, got {shape!r}") from exc
+        raise ShapeError(
+            f"{what}: shape must be a tuple of positive integers, got {shape!r}"
+        ) from exc
     if any(d <= 0 for d in dims):
         raise ShapeError(f"{what}: shape must hold positive sizes, got {dims}")
     return dims

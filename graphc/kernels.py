@@ -60,6 +60,25 @@ class Tensor:
         return Dim(self.per_sample, self.batched)
 
 
+LOOP_VARS = ("i", "j", "k", "l", "p", "q")
+
+
+def full_shape(shape: tuple[int, ...], batched: bool) -> list[Dim]:
+    """Axes of a tensor as Dims, the batch axis (``n`` rows) first when batched."""
+    return ([Dim(1, True)] if batched else []) + [Dim(s) for s in shape]
+
+
+def strides_for(dims: list[Dim], masks: list[int]) -> list[int]:
+    """Row-major element strides along each axis where mask is 1 (0 where broadcast)."""
+    strides = [0] * len(dims)
+    step = 1
+    for axis in range(len(dims) - 1, -1, -1):
+        if masks[axis] == 1:
+            strides[axis] = step
+            step *= dims[axis].coef
+    return strides
+
+
 @dataclass(frozen=True)
 class Loop:
     """One loop of an iteration space: a variable name and its extent."""
@@ -93,10 +112,22 @@ class Assign:
 
 @dataclass(frozen=True)
 class Kernel:
-    """Common fields: a C-safe name and the equation it implements (ASCII)."""
+    """Common fields: a C-safe name and the equation it implements (ASCII).
+
+    Subclasses say which tensors they read and write (for memory planning) and name
+    their template (``templates/<backend>/<template>.c.j2``).
+    """
 
     name: str
     comment: str
+
+    def reads(self) -> list[Tensor]:
+        """Tensors the kernel reads."""
+        raise NotImplementedError(type(self).__name__)
+
+    def writes(self) -> list[Tensor]:
+        """Tensors the kernel writes."""
+        raise NotImplementedError(type(self).__name__)
 
 
 @dataclass(frozen=True)
@@ -110,6 +141,12 @@ class ElementwiseKernel(Kernel):
     #: extra scalar parameters (C type, name) the caller passes, e.g. the learning rate
     args: tuple[tuple[str, str], ...] = ()
     template: str = "elementwise"
+
+    def reads(self) -> list[Tensor]:
+        return [a.tensor for a in self.operands]
+
+    def writes(self) -> list[Tensor]:
+        return [a.target.tensor for a in self.assigns]
 
 
 @dataclass(frozen=True)
@@ -139,6 +176,14 @@ class GemmKernel(Kernel):
     epilogue: Epilogue | None
     template: str = "gemm"
 
+    def reads(self) -> list[Tensor]:
+        extra = [a.tensor for a in self.epilogue.operands] if self.epilogue else []
+        return [self.a, self.b] + extra + ([self.c] if self.accumulate else [])
+
+    def writes(self) -> list[Tensor]:
+        extra = [a.target.tensor for a in self.epilogue.assigns] if self.epilogue else []
+        return [self.c] + extra
+
 
 @dataclass(frozen=True)
 class ReduceKernel(Kernel):
@@ -151,6 +196,12 @@ class ReduceKernel(Kernel):
     scale: sp.Expr
     template: str = "reduce"
 
+    def reads(self) -> list[Tensor]:
+        return [self.src.tensor]
+
+    def writes(self) -> list[Tensor]:
+        return [self.dst.tensor]
+
 
 @dataclass(frozen=True)
 class SoftmaxKernel(Kernel):
@@ -161,6 +212,12 @@ class SoftmaxKernel(Kernel):
     src: Tensor
     dst: Tensor
     template: str = "softmax"
+
+    def reads(self) -> list[Tensor]:
+        return [self.src]
+
+    def writes(self) -> list[Tensor]:
+        return [self.dst]
 
 
 @dataclass(frozen=True)
@@ -181,6 +238,12 @@ class LossKernel(Kernel):
     accuracy: str | None
     row_loss: Tensor
     template: str = "loss"
+
+    def reads(self) -> list[Tensor]:
+        return [self.pred, self.target] + ([self.logits] if self.logits else [])
+
+    def writes(self) -> list[Tensor]:
+        return [self.row_loss]
 
 
 @dataclass(frozen=True)
@@ -228,31 +291,9 @@ class ModelPlan:
 
 def reads(kernel: Kernel) -> list[Tensor]:
     """Tensors a kernel reads."""
-    if isinstance(kernel, ElementwiseKernel):
-        return [a.tensor for a in kernel.operands]
-    if isinstance(kernel, GemmKernel):
-        extra = [a.tensor for a in kernel.epilogue.operands] if kernel.epilogue else []
-        return [kernel.a, kernel.b] + extra + ([kernel.c] if kernel.accumulate else [])
-    if isinstance(kernel, ReduceKernel):
-        return [kernel.src.tensor]
-    if isinstance(kernel, SoftmaxKernel):
-        return [kernel.src]
-    if isinstance(kernel, LossKernel):
-        return [kernel.pred, kernel.target] + ([kernel.logits] if kernel.logits else [])
-    raise TypeError(f"unknown kernel {kernel!r}")
+    return kernel.reads()
 
 
 def writes(kernel: Kernel) -> list[Tensor]:
     """Tensors a kernel writes."""
-    if isinstance(kernel, ElementwiseKernel):
-        return [a.target.tensor for a in kernel.assigns]
-    if isinstance(kernel, GemmKernel):
-        extra = [a.target.tensor for a in kernel.epilogue.assigns] if kernel.epilogue else []
-        return [kernel.c] + extra
-    if isinstance(kernel, ReduceKernel):
-        return [kernel.dst.tensor]
-    if isinstance(kernel, SoftmaxKernel):
-        return [kernel.dst]
-    if isinstance(kernel, LossKernel):
-        return [kernel.row_loss]
-    raise TypeError(f"unknown kernel {kernel!r}")
+    return kernel.writes()

@@ -43,8 +43,16 @@ class History:
 class Model:
     """A trained-in-C model; build one with ``gc.compile``."""
 
-    def __init__(self, graph: Graph, plan: ModelPlan, backward, library, optimizer,
-                 seed: int = 0, num_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        plan: ModelPlan,
+        backward,
+        library,
+        optimizer,
+        seed: int = 0,
+        num_threads: int | None = None,
+    ) -> None:
         self.graph = graph
         self.plan = plan
         self.optimizer = optimizer
@@ -68,9 +76,7 @@ class Model:
         for k, t in enumerate(order):
             self._index[t.name] = k
         self._param_plans = {pp.param.label: pp for pp in plan.params}
-        self._classes = {
-            n.inputs[0].name: n.shape[-1] for n in graph.nodes if n.op is ONE_HOT
-        }
+        self._classes = {n.inputs[0].name: n.shape[-1] for n in graph.nodes if n.op is ONE_HOT}
         if num_threads is not None:
             self.num_threads = num_threads
         if optimizer is not None:
@@ -98,7 +104,9 @@ class Model:
             node = by_name[pp.param.label]
             self._view(pp.param)[...] = node.attrs["init"].sample(node.shape, rng)
 
-    def _inputs(self, args: tuple, kwargs: dict, wanted: tuple[Tensor, ...], what: str) -> tuple[list[np.ndarray], int]:
+    def _inputs(
+        self, args: tuple, kwargs: dict, wanted: tuple[Tensor, ...], what: str
+    ) -> tuple[list[np.ndarray], int]:
         """Validate and convert inputs given positionally (declaration order) or by name."""
         declared = list(self.plan.inputs)
         if len(args) == 1 and isinstance(args[0], dict) and not kwargs:
@@ -113,8 +121,10 @@ class Model:
             given.update(kwargs)
         unknown = set(given) - {t.label for t in declared}
         if unknown:
-            raise ValueError(f"{what}: unknown input(s) {sorted(unknown)}; the model's inputs are "
-                             f"{[t.label for t in declared]}")
+            raise ValueError(
+                f"{what}: unknown input(s) {sorted(unknown)}; the model's inputs are "
+                f"{[t.label for t in declared]}"
+            )
         arrays, rows = [], None
         for t in wanted:
             if t.label not in given:
@@ -143,7 +153,9 @@ class Model:
                 if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
                     raise ValueError(f"input {t.label!r}: labels must be whole numbers")
             elif array.dtype.kind not in "iub":
-                raise ValueError(f"input {t.label!r}: expected integer labels, got dtype {array.dtype}")
+                raise ValueError(
+                    f"input {t.label!r}: expected integer labels, got dtype {array.dtype}"
+                )
             classes = self._classes.get(t.label)
             if classes is not None and array.size and (array.min() < 0 or array.max() >= classes):
                 raise ValueError(
@@ -161,12 +173,18 @@ class Model:
                 return p.inputs
         raise GraphError(
             f"model {self.plan.graph_name!r} has no {name} program: "
-            + ("declare g.minimize(loss) to train or evaluate" if name != "infer"
-               else "declare outputs with g.output(name, node) to predict")
+            + (
+                "declare g.minimize(loss) to train or evaluate"
+                if name != "infer"
+                else "declare outputs with g.output(name, node) to predict"
+            )
         )
 
     def _c_args(self, arrays: list[np.ndarray], tensors: tuple[Tensor, ...]) -> list[Any]:
-        return [self._ptr(a, "int32_t" if t.dtype == "int32" else self._ctype) for a, t in zip(arrays, tensors)]
+        return [
+            self._ptr(a, "int32_t" if t.dtype == "int32" else self._ctype)
+            for a, t in zip(arrays, tensors)
+        ]
 
     @property
     def _ctype(self) -> str:
@@ -191,11 +209,22 @@ class Model:
         if not 0 < rows <= self.plan.batch:
             raise ValueError(f"gradients: got {rows} rows; give 1 to {self.plan.batch}")
         self._call("gradients", self._handle, *self._c_args(arrays, tensors), rows)
-        return {label: self._view(pp.grad).copy() for label, pp in self._param_plans.items()
-                if pp.grad is not None}
+        return {
+            label: self._view(pp.grad).copy()
+            for label, pp in self._param_plans.items()
+            if pp.grad is not None
+        }
 
-    def fit(self, *args: Any, epochs: int = 1, shuffle: bool = True, seed: int | None = None,
-            validation_data: Any = None, verbose: int = 0, **kwargs: Any) -> History:
+    def fit(
+        self,
+        *args: Any,
+        epochs: int = 1,
+        shuffle: bool = True,
+        seed: int | None = None,
+        validation_data: Any = None,
+        verbose: int = 0,
+        **kwargs: Any,
+    ) -> History:
         """Train for ``epochs`` epochs; each epoch is one call into C."""
         tensors = self._program_inputs("train")
         arrays, rows = self._inputs(args, kwargs, tensors, "fit")
@@ -213,14 +242,25 @@ class Model:
         for _ in range(epochs):
             epoch = int(self._call("epoch", self._handle))
             shuffle_seed = (base_seed * 1_000_003 + epoch) & 0xFFFFFFFFFFFFFFFF
-            loss = self._call("train_epoch", self._handle, *pointers, rows,
-                              self._ptr(perm, "int64_t"), shuffle_seed, int(shuffle), hits)
+            loss = self._call(
+                "train_epoch",
+                self._handle,
+                *pointers,
+                rows,
+                self._ptr(perm, "int64_t"),
+                shuffle_seed,
+                int(shuffle),
+                hits,
+            )
             metrics = {"loss": loss}
             if self.plan.accuracy:
                 metrics["accuracy"] = hits[0] / (rows * self.plan.rows_per_sample)
             if validation_data is not None:
-                val = (self.evaluate(validation_data) if isinstance(validation_data, dict)
-                       else self.evaluate(*validation_data))
+                val = (
+                    self.evaluate(validation_data)
+                    if isinstance(validation_data, dict)
+                    else self.evaluate(*validation_data)
+                )
                 metrics.update({f"val_{k}": v for k, v in val.items()})
             history.append(**metrics)
             if verbose:
@@ -243,9 +283,16 @@ class Model:
         """Outputs for any number of rows (computed in chunks of ``batch_size`` in C)."""
         tensors = self._program_inputs("infer")
         arrays, rows = self._inputs(args, kwargs, tensors, "predict")
-        outs = {name: np.empty((rows,) + t.shape, dtype=self._real) for name, t in self.plan.outputs}
-        self._call("predict", self._handle, *self._c_args(arrays, tensors), rows,
-                   *[self._ptr(o, self._ctype) for o in outs.values()])
+        outs = {
+            name: np.empty((rows,) + t.shape, dtype=self._real) for name, t in self.plan.outputs
+        }
+        self._call(
+            "predict",
+            self._handle,
+            *self._c_args(arrays, tensors),
+            rows,
+            *[self._ptr(o, self._ctype) for o in outs.values()],
+        )
         return next(iter(outs.values())) if len(outs) == 1 else outs
 
     # --- parameters and settings ----------------------------------------------------------
@@ -260,14 +307,18 @@ class Model:
         for name, value in values.items():
             if name not in self._param_plans:
                 if strict:
-                    raise KeyError(f"set_params: model has no parameter {name!r}; it has "
-                                   f"{sorted(self._param_plans)}")
+                    raise KeyError(
+                        f"set_params: model has no parameter {name!r}; it has "
+                        f"{sorted(self._param_plans)}"
+                    )
                 continue
             shape = self._param_plans[name].param.shape
             array = np.asarray(value, dtype=np.float64)
             if array.shape != shape:
                 if strict:
-                    raise ValueError(f"set_params: {name!r} must have shape {shape}, got {array.shape}")
+                    raise ValueError(
+                        f"set_params: {name!r} must have shape {shape}, got {array.shape}"
+                    )
                 continue
             checked[name] = array
         for name, array in checked.items():
@@ -337,8 +388,12 @@ class Model:
         """The δ recurrences and parameter gradients the compiler derived, as text."""
         from graphc.explain import explain
 
-        return explain(self.graph, frozen={pp.param.label for pp in self.plan.params if not pp.trainable})
+        return explain(
+            self.graph, frozen={pp.param.label for pp in self.plan.params if not pp.trainable}
+        )
 
     def __repr__(self) -> str:
-        return (f"<Model {self.plan.graph_name!r} {self.plan.dtype} batch={self.plan.batch} "
-                f"arena={self.plan.memory.arena_bytes}B>")
+        return (
+            f"<Model {self.plan.graph_name!r} {self.plan.dtype} batch={self.plan.batch} "
+            f"arena={self.plan.memory.arena_bytes}B>"
+        )

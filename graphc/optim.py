@@ -69,8 +69,13 @@ class SGD(Optimizer):
 
     name = "SGD"
 
-    def __init__(self, lr: Any = 0.01, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        lr: Any = 0.01,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ) -> None:
         super().__init__(lr)
         self.momentum = _check("momentum", momentum, 0.0, 1.0)
         self.nesterov = bool(nesterov)
@@ -94,8 +99,9 @@ class Adam(Optimizer):
 
     name = "Adam"
 
-    def __init__(self, lr: Any = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
-                 eps: float = 1e-8) -> None:
+    def __init__(
+        self, lr: Any = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8
+    ) -> None:
         super().__init__(lr)
         self.beta1 = _check("beta1", beta1, 0.0, 1.0)
         self.beta2 = _check("beta2", beta2, 0.0, 1.0)
@@ -124,7 +130,9 @@ class AdaGrad(Optimizer):
     def rule(self) -> Rule:
         s = sp.Symbol("s", real=True)
         s_new = s + G**2
-        return Rule(("s",), (), (("s", s_new), ("p", P - LR * G / (sp.sqrt(s_new) + sp.Float(self.eps)))))
+        return Rule(
+            ("s",), (), (("s", s_new), ("p", P - LR * G / (sp.sqrt(s_new) + sp.Float(self.eps))))
+        )
 
 
 class RMSProp(Optimizer):
@@ -141,4 +149,6 @@ class RMSProp(Optimizer):
         s = sp.Symbol("s", real=True)
         rho = sp.Float(self.rho)
         s_new = rho * s + (1 - rho) * G**2
-        return Rule(("s",), (), (("s", s_new), ("p", P - LR * G / (sp.sqrt(s_new) + sp.Float(self.eps)))))
+        return Rule(
+            ("s",), (), (("s", s_new), ("p", P - LR * G / (sp.sqrt(s_new) + sp.Float(self.eps))))
+        )

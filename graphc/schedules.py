@@ -65,14 +65,18 @@ class LinearDecay(Schedule):
 
     def expr(self) -> sp.Expr:
         frac = T / sp.Integer(self.T)
-        return sp.Piecewise(((1 - frac) * ETA0 + frac * sp.Float(self.eta_inf), T <= self.T),
-                            (sp.Float(self.eta_inf), True))
+        return sp.Piecewise(
+            ((1 - frac) * ETA0 + frac * sp.Float(self.eta_inf), T <= self.T),
+            (sp.Float(self.eta_inf), True),
+        )
 
 
 class StepDecay(Schedule):
     """η_t = η0 · γ^⌊(t − 1) / every⌋."""
 
-    def __init__(self, eta0: float, gamma: float = 0.1, every: int = 10, per: str = "epoch") -> None:
+    def __init__(
+        self, eta0: float, gamma: float = 0.1, every: int = 10, per: str = "epoch"
+    ) -> None:
         super().__init__(eta0, per)
         self.gamma = float(gamma)
         self.every = int(every)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import sympy as sp
@@ -119,7 +119,9 @@ def simplest(expr: sp.Expr) -> sp.Expr:
     return expanded if cost(expanded) < cost(factored) else factored
 
 
-def _output_condition(cond: sp.Basic, f: sp.Expr, var: sp.Symbol, out: sp.Symbol) -> sp.Basic | None:
+def _output_condition(
+    cond: sp.Basic, f: sp.Expr, var: sp.Symbol, out: sp.Symbol
+) -> sp.Basic | None:
     """Rewrite a condition on the sign of ``var`` as one on ``out`` = f(var).
 
     Valid when f keeps the sign of its argument (f(0) = 0, f increasing), as relu,

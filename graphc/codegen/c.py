@@ -31,6 +31,7 @@ from graphc.ops.loss import L
 from graphc.passes.fuse import ACC, operand_symbol
 from graphc.symbolic import I, N, O, T
 
+
 def _data_dir(name: str) -> str:
     """An installed wheel has graphc/NAME; a source checkout has NAME beside graphc/."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,15 +118,24 @@ class KernelContexts:
         self.printer = CPrinter(dtype)
 
     def context(self, kernel: Kernel) -> dict[str, Any]:
-        """Template name and context for one kernel."""
-        method = getattr(self, f"_{kernel.template}")
-        ctx = method(kernel)
+        """Template name and context for one kernel.
+
+        Core kinds are built here; a kernel kind defined next to its op brings its own
+        ``c_context(contexts)`` method.
+        """
+        own = getattr(kernel, "c_context", None)
+        ctx = own(self) if own is not None else getattr(self, f"_{kernel.template}")(kernel)
         ctx["name"] = kernel.name
         ctx["comment"] = kernel.comment.replace("*/", "* /")
         ctx["template"] = f"{self.target.template_dir}/{kernel.template}.c.j2"
         ctx["parallel_for"] = self.target.parallel_for
         ctx["real"] = self.target.real
         return ctx
+
+    def model_value(self, name: str) -> str:
+        """C expression of a per-step model value a kernel takes as an argument."""
+        values = {"lr": f"({self.target.real})m->lr_now", "t": "(double)m->step"}
+        return values[name]
 
     def _value(self, access: Access, variables: tuple[str, ...]) -> str:
         idx = index_text(variables, access.strides)
@@ -135,7 +145,9 @@ class KernelContexts:
         return f"{owner(access.tensor)}[{idx}]"
 
     def _body(self, operands, assigns, variables, extra=None) -> dict[str, Any]:
-        subs = {operand_symbol(i): sp.Symbol(self._value(a, variables)) for i, a in enumerate(operands)}
+        subs = {
+            operand_symbol(i): sp.Symbol(self._value(a, variables)) for i, a in enumerate(operands)
+        }
         subs.update(extra or {})
         exprs = [a.expr.xreplace(subs) for a in assigns]
         temps, results = cse_block(exprs, self.printer)
@@ -153,10 +165,12 @@ class KernelContexts:
         uses_n = body["uses_n"] or any(loop.extent.batched for loop in k.loops)
         params, args = signature(k, self.target.real, uses_n)
         types = {"real": self.target.real}
-        extra_params = "".join(f", const {types.get(ctype, ctype)} {name}" for ctype, name in k.args)
+        extra_params = "".join(
+            f", const {types.get(ctype, ctype)} {name}" for ctype, name in k.args
+        )
         return {
             "params": params + extra_params,
-            "args": args,
+            "args": args + "".join(f", {self.model_value(name)}" for _, name in k.args),
             "loops": [(loop.var, dim_text(loop.extent)) for loop in k.loops],
             "scalars": scalars,
             **body,
@@ -165,10 +179,18 @@ class KernelContexts:
     def _gemm(self, k: GemmKernel) -> dict[str, Any]:
         uses_n = k.m.batched or k.n.batched or k.k.batched
         ctx: dict[str, Any] = {
-            "trans_a": int(k.trans_a), "trans_b": int(k.trans_b),
-            "m": dim_text(k.m), "n": dim_text(k.n), "k": dim_text(k.k),
-            "a": owner(k.a), "lda": k.lda, "b": owner(k.b), "ldb": k.ldb,
-            "c": owner(k.c), "ldc": k.ldc, "accumulate": int(k.accumulate),
+            "trans_a": int(k.trans_a),
+            "trans_b": int(k.trans_b),
+            "m": dim_text(k.m),
+            "n": dim_text(k.n),
+            "k": dim_text(k.k),
+            "a": owner(k.a),
+            "lda": k.lda,
+            "b": owner(k.b),
+            "ldb": k.ldb,
+            "c": owner(k.c),
+            "ldc": k.ldc,
+            "accumulate": int(k.accumulate),
             "epilogue": None,
         }
         if k.epilogue:
@@ -177,13 +199,25 @@ class KernelContexts:
             fields = []
             written = {owner(a.target.tensor) for a in k.epilogue.assigns} | {owner(k.c)}
             seen = set()
-            for t in [a.tensor for a in k.epilogue.operands] + [k.c] + [a.target.tensor for a in k.epilogue.assigns]:
+            for t in (
+                [a.tensor for a in k.epilogue.operands]
+                + [k.c]
+                + [a.target.tensor for a in k.epilogue.assigns]
+            ):
                 if owner(t) in seen:
                     continue
                 seen.add(owner(t))
                 const = "" if owner(t) in written else "const "
                 fields.append((f"{const}{c_type(t, self.target.real)} *", owner(t)))
-            ctx["epilogue"] = {"fields": fields, **body}
+            # the epilogue runs outside the kernel function: scalars it reads travel in the tile
+            scalars = [("int", "n")] if body["uses_n"] else []
+            members = [name for _, name in fields] + [name for _, name in scalars]
+            ctx["epilogue"] = {
+                "fields": fields,
+                "scalars": scalars,
+                "init": ", ".join(members),
+                **body,
+            }
             uses_n = uses_n or body["uses_n"]
         params, args = signature(k, self.target.real, uses_n)
         ctx.update(params=params, args=args)
@@ -196,7 +230,8 @@ class KernelContexts:
         uses_n = any(loop.extent.batched for loop in k.keep + k.summed) or k.scale.has(N)
         params, args = signature(k, self.target.real, uses_n)
         return {
-            "params": params, "args": args,
+            "params": params,
+            "args": args,
             "keep": [(loop.var, dim_text(loop.extent)) for loop in k.keep],
             "summed": [(loop.var, dim_text(loop.extent)) for loop in k.summed],
             "src": f"{owner(k.src.tensor)}[{index_text(all_vars, k.src.strides)}]",
@@ -208,10 +243,15 @@ class KernelContexts:
         params, args = signature(k, self.target.real, k.rows.batched)
         p = self.printer
         return {
-            "params": params, "args": args, "rows": dim_text(k.rows), "cols": k.cols,
-            "src": owner(k.src), "dst": owner(k.dst),
+            "params": params,
+            "args": args,
+            "rows": dim_text(k.rows),
+            "cols": k.cols,
+            "src": owner(k.src),
+            "dst": owner(k.dst),
             "exp": p.known_functions["exp"] + ("f" if p.dtype == "float32" else ""),
-            "zero": p.doprint(sp.Float(0.0)), "one": p.doprint(sp.Float(1.0)),
+            "zero": p.doprint(sp.Float(0.0)),
+            "one": p.doprint(sp.Float(1.0)),
         }
 
     def _loss(self, k: LossKernel) -> dict[str, Any]:
@@ -233,11 +273,21 @@ class KernelContexts:
         if k.accuracy == "argmax":
             truth = f"{owner(k.target)}[r]" if k.target_onehot else None
         return {
-            "params": params + ", double *loss, double *correct", "args": args,
-            "rows": rows, "cols": k.cols, "temps": temps, "term": term,
-            "needs_lse": k.term.has(L), "logits": owner(k.logits) if k.logits else None,
-            "pred": owner(k.pred), "target": owner(k.target), "row_loss": owner(k.row_loss),
-            "accuracy": k.accuracy, "label": truth, "exp": f"exp{suffix}", "log": f"log{suffix}",
+            "params": params + ", double *loss, double *correct",
+            "args": args + ", &m->loss, &m->correct",
+            "rows": rows,
+            "cols": k.cols,
+            "temps": temps,
+            "term": term,
+            "needs_lse": k.term.has(L),
+            "logits": owner(k.logits) if k.logits else None,
+            "pred": owner(k.pred),
+            "target": owner(k.target),
+            "row_loss": owner(k.row_loss),
+            "accuracy": k.accuracy,
+            "label": truth,
+            "exp": f"exp{suffix}",
+            "log": f"log{suffix}",
             "half": p.doprint(sp.Float(0.5)),
         }
 
@@ -265,23 +315,21 @@ def _program_context(plan, program, env_contexts: KernelContexts) -> dict[str, A
         for t in reads(kernel) + writes(kernel):
             if owner(t) not in input_names:
                 used.setdefault(owner(t), t)
-        args = ctx["args"]
-        if isinstance(kernel, LossKernel):
-            args += ", &m->loss, &m->correct"
-        if isinstance(kernel, ElementwiseKernel):
-            values = {"lr": f"({real})m->lr_now", "t": "(double)m->step"}
-            args += "".join(f", {values[name]}" for _, name in kernel.args)
-        calls.append(f"{kernel.name}({args});")
+        calls.append(f"{kernel.name}({ctx['args']});")
     local_vars = []
     for name, t in used.items():
         offset = memory.offset(program.name, name)
         dims = ", ".join((["batch"] if t.batched else []) + [str(s) for s in t.shape])
         local_vars.append((c_type(t, real), name, offset, f"{t.label} ({dims})"))
-    params = ", ".join(
-        f"const {c_type(t, real)} *restrict {t.name}" for t in program.inputs
-    )
-    return {"name": program.name, "doc": program.doc, "locals": local_vars, "calls": calls,
-            "params": params, "inputs": [t.name for t in program.inputs]}
+    params = ", ".join(f"const {c_type(t, real)} *restrict {t.name}" for t in program.inputs)
+    return {
+        "name": program.name,
+        "doc": program.doc,
+        "locals": local_vars,
+        "calls": calls,
+        "params": params,
+        "inputs": [t.name for t in program.inputs],
+    }
 
 
 def render_model(plan) -> tuple[str, str, str]:
@@ -306,7 +354,9 @@ def render_model(plan) -> tuple[str, str, str]:
     counter = "(double)m->step" if plan.lr_per == "step" else "(double)(m->epoch + 1)"
     lr_text = None
     if plan.lr is not None:
-        lr_text = printer.doprint(plan.lr.xreplace({ETA0: sp.Symbol("m->lr"), COUNTER: sp.Symbol(counter)}))
+        lr_text = printer.doprint(
+            plan.lr.xreplace({ETA0: sp.Symbol("m->lr"), COUNTER: sp.Symbol(counter)})
+        )
     persistent = []
     for pp in plan.params:
         persistent.append(pp.param)
@@ -316,6 +366,7 @@ def render_model(plan) -> tuple[str, str, str]:
     for pp in plan.params:
         persistent.extend(pp.states)
     persistent.extend(plan.slots)
+
     def inputs_of(name: str) -> list[tuple[str, str, int]]:
         program = next((p for p in plan.programs if p.name == name), None)
         if program is None:
@@ -347,7 +398,10 @@ def render_model(plan) -> tuple[str, str, str]:
         "kernels": kernels_text,
         "programs": programs,
         "tensors": [(t.name, plan.memory.persistent[t.name], t.label) for t in persistent],
-        "slots": {t.label[len("batch of "):]: (t.name, plan.memory.persistent[t.name]) for t in plan.slots},
+        "slots": {
+            t.label[len("batch of ") :]: (t.name, plan.memory.persistent[t.name])
+            for t in plan.slots
+        },
         "lr_expr": lr_text,
         "rows_per_sample": plan.rows_per_sample,
     }

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from graphc.errors import GraphError, ShapeError
 from graphc.graph import Graph, Node, shape_str, user_line
@@ -29,6 +30,10 @@ class Op:
     def adjoint(self, node: Node, delta: Node, ad: "Adjoints") -> dict[int, Node]:
         """Backward nodes for each input that needs a gradient."""
         raise GraphError(f"op {self.name!r} of node {node.name!r} has no adjoint")
+
+    def lower(self, node: Node, low: Any) -> Any:
+        """The kernel record computing ``node`` (``low`` is a passes.fuse.Lowering)."""
+        raise GraphError(f"op {self.name!r} of node {node.name!r} has no kernel")
 
     def formula(self, node: Node, args: list[str]) -> str:
         """A one-line human formula of the node given its input texts (for explain)."""
@@ -110,8 +115,10 @@ def broadcast_shapes(nodes: Sequence[Node], what: str) -> tuple[tuple[int, ...],
     rank = max(len(n.shape) for n in nodes)
     out = [1] * rank
     for n in nodes:
-        if batched and not n.batched and len(n.shape) > max(
-            len(m.shape) for m in nodes if m.batched
+        if (
+            batched
+            and not n.batched
+            and len(n.shape) > max(len(m.shape) for m in nodes if m.batched)
         ):
             raise ShapeError(_mismatch(what, nodes))
         padded = (1,) * (rank - len(n.shape)) + n.shape
@@ -127,7 +134,4 @@ def broadcast_shapes(nodes: Sequence[Node], what: str) -> tuple[tuple[int, ...],
 def _mismatch(what: str, nodes: Sequence[Node]) -> str:
     parts = ", ".join(f"{n.name!r} {shape_str(n)}" for n in nodes)
     where = nodes[-1].where if nodes else "<unknown>"
-    return (
-        f"{what}: shapes do not broadcast: {parts} (at {user_line()}; "
-        f"inputs defined at {where})"
-    )
+    return f"{what}: shapes do not broadcast: {parts} (at {user_line()}; inputs defined at {where})"

@@ -6,15 +6,16 @@ nothing here types a derivative by hand.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import sympy as sp
 
 from graphc.errors import GraphError, NotDifferentiableError
 from graphc.graph import Graph, Node
 from graphc.ops.base import Op, as_node, broadcast_shapes, make_node, same_graph
-from graphc.symbolic import D, O, X, derivative_in_output, simplest
+from graphc.symbolic import O, X, derivative_in_output, simplest
 
 if TYPE_CHECKING:
     from graphc.autodiff import Adjoints
@@ -120,7 +121,9 @@ def apply(
         out_shape, out_batched = tuple(shape), bool(batched)
     node_attrs = {"expr": expr.xreplace(mapping), "label": label}
     node_attrs.update(attrs or {})
-    return make_node(graph, ELEMENTWISE, nodes, out_shape, out_batched, name, label, attrs=node_attrs)
+    return make_node(
+        graph, ELEMENTWISE, nodes, out_shape, out_batched, name, label, attrs=node_attrs
+    )
 
 
 # --- arithmetic ---------------------------------------------------------------------------

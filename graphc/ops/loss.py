@@ -15,10 +15,12 @@ import sympy as sp
 
 from graphc.errors import GraphError, ShapeError
 from graphc.graph import Node, shape_str
+from graphc.kernels import LossKernel
 from graphc.ops.base import Op, as_node, make_node, same_graph
 from graphc.ops.elementwise import ELEMENTWISE, activate
+from graphc.ops.linalg import matrix_dims
 from graphc.ops.softmax import SOFTMAX, softmax
-from graphc.symbolic import N, O, T, I, X, in_terms_of, simplest
+from graphc.symbolic import I, N, O, T, X, in_terms_of, simplest
 
 if TYPE_CHECKING:
     from graphc.autodiff import Adjoints
@@ -70,7 +72,7 @@ class Loss(Op):
 
     def adjoint(self, node: Node, delta: Node, ad: "Adjoints") -> dict[Any, Node]:
         kind: LossKind = node.attrs["kind"]
-        pred, target = node.inputs[0], node.inputs[1]
+        pred = node.inputs[0]
         scale = 1 / N
         combined = self._through_link(pred, kind, ad)
         if combined is not None:
@@ -117,8 +119,29 @@ class Loss(Op):
             # the loss is part of a larger objective: scale by its incoming δ
             operands.append(delta)
             body = body * X[2]
-        return ad.elementwise(
-            label, body, operands, wrt=wrt, shape=wrt.shape, batched=wrt.batched
+        return ad.elementwise(label, body, operands, wrt=wrt, shape=wrt.shape, batched=wrt.batched)
+
+    def lower(self, node: Node, low) -> LossKernel:
+        kind: LossKind = node.attrs["kind"]
+        pred = low.source(node, 0)
+        target = low.resolved(node, 1)
+        onehot = target.op is ONE_HOT
+        target_tensor = low.table(target.inputs[0] if onehot else target)
+        logits = low.table(low.source(node, 2)) if kind.from_logits else None
+        rows, cols = matrix_dims(pred)
+        row_loss = low.table.scratch(f"{node.name}_rows", (rows,), True)
+        return LossKernel(
+            low.table.namer(f"k_{node.name}"),
+            f"{node.name} = mean over the batch of sum over units of {kind.expr}",
+            rows,
+            cols,
+            low.table(pred),
+            target_tensor,
+            onehot,
+            logits,
+            kind.forward,
+            kind.accuracy,
+            row_loss,
         )
 
     def formula(self, node: Node, args: list[str]) -> str:
@@ -149,7 +172,12 @@ def one_hot(labels: Node, classes: int, name: str | None = None) -> Node:
     if labels.dtype != "int32":
         raise GraphError(f"one_hot: {labels.describe()} must be an int32 input")
     return make_node(
-        labels.graph, ONE_HOT, [labels], labels.shape + (int(classes),), labels.batched, name,
+        labels.graph,
+        ONE_HOT,
+        [labels],
+        labels.shape + (int(classes),),
+        labels.batched,
+        name,
         f"{labels.name}_onehot",
     )
 
@@ -176,9 +204,7 @@ def _loss(kind: LossKind, pred: Node, target: Node, logits: Node | None, name: s
         raise ShapeError(f"{kind.name}: the prediction {pred.describe()} needs a batch axis")
     t = _target(pred, target, kind)
     inputs = [pred, t] + ([logits] if logits is not None else [])
-    return make_node(
-        pred.graph, LOSS, inputs, (), False, name, kind.name, attrs={"kind": kind}
-    )
+    return make_node(pred.graph, LOSS, inputs, (), False, name, kind.name, attrs={"kind": kind})
 
 
 def mse(pred: Node, target: Node, name: str | None = None) -> Node:

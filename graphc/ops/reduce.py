@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import sympy as sp
 
 from graphc.errors import ShapeError
 from graphc.graph import Graph, Node, shape_str
+from graphc.kernels import LOOP_VARS, Access, Dim, Loop, ReduceKernel, full_shape, strides_for
 from graphc.ops.base import Op, as_node, make_node
 from graphc.ops.shape import reshape
 from graphc.symbolic import N, X
@@ -34,6 +36,56 @@ class ReduceTo(Op):
         )
         return {0: spread}
 
+    def lower(self, node: Node, low) -> ReduceKernel:
+        src = low.source(node, 0)
+        dims = full_shape(src.shape, src.batched)
+        varies = [1 if s > 1 else 0 for s in node.shape]
+        if node.batched:
+            keep_mask = [1] + [0] * (len(src.shape) - len(node.shape)) + varies
+        else:
+            keep_mask = [0] * (len(dims) - len(node.shape)) + varies
+        src_mask = [1 if (d.batched or d.coef > 1) else 0 for d in dims]
+        # neighbouring axes of the same kind (kept or summed) become one loop
+        keep_axes: list[list[int]] = []
+        sum_axes: list[list[int]] = []
+        previous = None
+        for a in range(len(dims)):
+            if not src_mask[a]:
+                continue
+            bucket = keep_axes if keep_mask[a] else sum_axes
+            if previous == keep_mask[a]:
+                bucket[-1].append(a)
+            else:
+                bucket.append([a])
+            previous = keep_mask[a]
+        src_strides = strides_for(dims, src_mask)
+        dst_strides = strides_for(dims, keep_mask)
+
+        def loops(buckets: list[list[int]], offset: int) -> tuple[Loop, ...]:
+            out = []
+            for k, axes in enumerate(buckets):
+                extent = Dim(1, False)
+                for a in axes:
+                    extent = Dim(extent.coef * dims[a].coef, extent.batched or dims[a].batched)
+                out.append(Loop(LOOP_VARS[offset + k], extent))
+            return tuple(out)
+
+        keep_loops = loops(keep_axes, 0)
+        sum_loops = loops(sum_axes, len(keep_loops))
+        src_access = Access(
+            low.table(src), tuple(src_strides[ax[-1]] for ax in keep_axes + sum_axes)
+        )
+        dst_access = Access(low.table(node), tuple(dst_strides[ax[-1]] for ax in keep_axes))
+        return ReduceKernel(
+            low.table.namer(f"k_{node.name}"),
+            low.formula(node),
+            keep_loops,
+            sum_loops,
+            src_access,
+            dst_access,
+            node.attrs.get("scale", sp.Integer(1)),
+        )
+
     def formula(self, node: Node, args: list[str]) -> str:
         scale = node.attrs.get("scale", 1)
         prefix = "" if scale == 1 else f"{scale}·"
@@ -49,7 +101,7 @@ def reduce_to(
     batched: bool,
     graph: Graph,
     name: str | None = None,
-    scale: sp.Expr = sp.Integer(1),
+    scale: sp.Expr = sp.S.One,
 ) -> Node:
     """Sum ``x`` into ``shape`` (right-aligned broadcasting; over the batch if not batched)."""
     if len(shape) > len(x.shape):
@@ -83,9 +135,7 @@ def _reduce(x: Node, axis: int | Sequence[int] | None, batch: bool, mean: bool, 
     scale: sp.Expr = sp.Integer(1)
     if mean:
         scale = sp.Rational(1, count) * (1 / N if batch and x.batched else 1)
-    summed = reduce_to(
-        x, keep, x.batched and not batch, x.graph, name=None, scale=scale
-    )
+    summed = reduce_to(x, keep, x.batched and not batch, x.graph, name=None, scale=scale)
     final = tuple(s for a, s in enumerate(x.shape) if a not in axes)
     return reshape(summed, final, name=None)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from graphc.errors import ShapeError
 from graphc.graph import Graph, Node, shape_str
@@ -41,8 +42,7 @@ def reshape(
         size *= s
     if size != x.size:
         raise ShapeError(
-            f"reshape: {x.describe()} has {x.size} elements per sample, "
-            f"shape {shape} has {size}"
+            f"reshape: {x.describe()} has {x.size} elements per sample, shape {shape} has {size}"
         )
     if shape == x.shape:
         return x

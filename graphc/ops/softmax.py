@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from graphc.graph import Node
+from graphc.kernels import Dim, SoftmaxKernel
 from graphc.ops.base import Op, as_node, make_node
+from graphc.ops.linalg import matrix_dims
 from graphc.symbolic import X
 
 if TYPE_CHECKING:
@@ -28,10 +30,25 @@ class Softmax(Op):
         keep = node.shape[:-1] + (1,)
         total = ad.reduce(weighted, keep, node.batched)
         result = ad.elementwise(
-            "d_softmax", X[1] * (X[0] - X[2]), [delta, node, total], wrt=x,
-            shape=node.shape, batched=node.batched,
+            "d_softmax",
+            X[1] * (X[0] - X[2]),
+            [delta, node, total],
+            wrt=x,
+            shape=node.shape,
+            batched=node.batched,
         )
         return {0: result}
+
+    def lower(self, node: Node, low) -> SoftmaxKernel:
+        rows, cols = matrix_dims(node)
+        return SoftmaxKernel(
+            low.table.namer(f"k_{node.name}"),
+            f"{node.name} = softmax({low.resolved(node, 0).name}) over the last axis",
+            Dim(rows, node.batched),
+            cols,
+            low.table(low.source(node, 0)),
+            low.table(node),
+        )
 
     def formula(self, node: Node, args: list[str]) -> str:
         return f"softmax({args[0]})"

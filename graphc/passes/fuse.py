@@ -16,6 +16,7 @@ import sympy as sp
 from graphc.autodiff import CONST
 from graphc.graph import Node
 from graphc.kernels import (
+    LOOP_VARS,
     Access,
     Assign,
     Dim,
@@ -24,21 +25,17 @@ from graphc.kernels import (
     GemmKernel,
     Kernel,
     Loop,
-    LossKernel,
-    ReduceKernel,
-    SoftmaxKernel,
     Tensor,
+    full_shape,
+    strides_for,
 )
 from graphc.ops.base import INPUT, PARAM
 from graphc.ops.elementwise import ELEMENTWISE
 from graphc.ops.linalg import MatMul, matrix_dims
-from graphc.ops.loss import LOSS, ONE_HOT
-from graphc.ops.reduce import REDUCE_TO
+from graphc.ops.loss import ONE_HOT
 from graphc.ops.shape import RESHAPE
-from graphc.ops.softmax import SOFTMAX
 from graphc.symbolic import X
 
-LOOP_VARS = ("i", "j", "k", "l", "p", "q")
 ACC = sp.Symbol("acc", real=True)
 
 
@@ -69,11 +66,24 @@ class TensorTable:
             return self._tensors[node]
         if node.op is RESHAPE:
             owner = self(self.base(node))
-            tensor = Tensor(owner.name, node.name, owner.dtype, node.shape, node.batched,
-                            owner.role, alias_of=owner.name)
+            tensor = Tensor(
+                owner.name,
+                node.name,
+                owner.dtype,
+                node.shape,
+                node.batched,
+                owner.role,
+                alias_of=owner.name,
+            )
         else:
-            tensor = Tensor(self.namer(node.name), node.name, node.dtype, node.shape,
-                            node.batched, self._role(node))
+            tensor = Tensor(
+                self.namer(node.name),
+                node.name,
+                node.dtype,
+                node.shape,
+                node.batched,
+                self._role(node),
+            )
         self._tensors[node] = tensor
         return tensor
 
@@ -105,8 +115,7 @@ class _Group:
 
 
 def _full_shape(node: Node) -> list[Dim]:
-    dims = [Dim(1, True)] if node.batched else []
-    return dims + [Dim(s) for s in node.shape]
+    return full_shape(node.shape, node.batched)
 
 
 def _masks(out: Node, operand: Node, onehot: bool) -> list[int]:
@@ -123,15 +132,7 @@ def _masks(out: Node, operand: Node, onehot: bool) -> list[int]:
     return [0] * pad + [1 if (d.batched or d.coef > 1) else 0 for d in own]
 
 
-def _strides_for(dims: list[Dim], masks: list[int]) -> list[int]:
-    """Element strides of a row-major operand along each output axis (0 when broadcast)."""
-    strides = [0] * len(dims)
-    step = 1
-    for axis in range(len(dims) - 1, -1, -1):
-        if masks[axis] == 1:
-            strides[axis] = step
-            step *= dims[axis].coef
-    return strides
+_strides_for = strides_for
 
 
 class Lowering:
@@ -222,7 +223,17 @@ class Lowering:
         return (row_stride, col_stride)
 
     # --- kernels ----------------------------------------------------------------------------
-    def _formula(self, node: Node) -> str:
+    def source(self, node: Node, i: int) -> Node:
+        """The memory-owning node behind input ``i`` of ``node`` (through CSE and views)."""
+        x = node.inputs[i]
+        return self.table.base(self.rep.get(x, x))
+
+    def resolved(self, node: Node, i: int) -> Node:
+        """Input ``i`` of ``node`` after common-subexpression elimination."""
+        x = node.inputs[i]
+        return self.rep.get(x, x)
+
+    def formula(self, node: Node) -> str:
         """'name = formula' with inputs named after their CSE representatives."""
         names = [self.rep.get(x, x).name for x in node.inputs]
         return f"{node.name} = {node.op.formula(node, names)}"
@@ -234,8 +245,10 @@ class Lowering:
         result: list[Kernel] = []
         for g in groups:
             materialized = [
-                m for m in g.members
-                if m in self.keep or any(member_group.get(c) is not g for c in self.consumers.get(m, ()))
+                m
+                for m in g.members
+                if m in self.keep
+                or any(member_group.get(c) is not g for c in self.consumers.get(m, ()))
             ]
             if not materialized:
                 continue
@@ -244,14 +257,8 @@ class Lowering:
                 result.append(self._gemm(g, materialized))
             elif op is ELEMENTWISE:
                 result.append(self._elementwise(g, materialized))
-            elif op is REDUCE_TO:
-                result.append(self._reduce(g.root))
-            elif op is SOFTMAX:
-                result.append(self._softmax(g.root))
-            elif op is LOSS:
-                result.append(self._loss(g.root))
             else:
-                raise NotImplementedError(f"no kernel for op {op.name!r} (node {g.root.name!r})")
+                result.append(op.lower(g.root, self))
         return result
 
     def _expressions(self, g: _Group, operand_of) -> dict[Node, sp.Expr]:
@@ -287,7 +294,11 @@ class Lowering:
         loops_axes: list[list[int]] = []
         for a in axes:
             sig = tuple(m[a] for m in all_masks)
-            if loops_axes and tuple(m[loops_axes[-1][-1]] for m in all_masks) == sig and 2 not in sig:
+            if (
+                loops_axes
+                and tuple(m[loops_axes[-1][-1]] for m in all_masks) == sig
+                and 2 not in sig
+            ):
                 loops_axes[-1].append(a)
             else:
                 loops_axes.append([a])
@@ -317,9 +328,14 @@ class Lowering:
         assigns = tuple(
             Assign(Access(self.table(m), out_strides), values[m], m.name) for m in materialized
         )
-        comment = "; ".join(self._formula(m) for m in g.members)
-        return ElementwiseKernel(self.table.namer(f"k_{materialized[-1].name}"), comment,
-                                 tuple(loops), tuple(accesses), assigns)
+        comment = "; ".join(self.formula(m) for m in g.members)
+        return ElementwiseKernel(
+            self.table.namer(f"k_{materialized[-1].name}"),
+            comment,
+            tuple(loops),
+            tuple(accesses),
+            assigns,
+        )
 
     def _gemm(self, g: _Group, materialized: list[Node]) -> GemmKernel:
         root = g.root
@@ -327,7 +343,7 @@ class Lowering:
         a, b = (self.table.base(self.rep.get(x, x)) for x in root.inputs)
         a_rows, a_cols = matrix_dims(a)
         b_rows, b_cols = matrix_dims(b)
-        a_rdim, b_rdim = Dim(a_rows, a.batched), Dim(b_rows, b.batched)
+        a_rdim = Dim(a_rows, a.batched)
         if op.trans_a:
             m, k = Dim(a_cols), a_rdim
         else:
@@ -351,90 +367,35 @@ class Lowering:
                     tensor = self.table(x.inputs[0] if x.op is ONE_HOT else x)
                     symbols[x] = operand_symbol(len(operands))
                     operands.append(x)
-                    accesses.append(Access(tensor, (row, col), onehot=1 if x.op is ONE_HOT else None))
+                    accesses.append(
+                        Access(tensor, (row, col), onehot=1 if x.op is ONE_HOT else None)
+                    )
                 return symbols[x]
 
             values = self._expressions(g, operand_of)
             assigns = tuple(
                 Assign(Access(self.table(mm), (n.coef, 1)), values[mm], mm.name)
-                for mm in materialized if mm is not root
+                for mm in materialized
+                if mm is not root
             )
             epilogue = Epilogue(tuple(accesses), assigns)
-        comment = self._formula(root)
+        comment = self.formula(root)
         if epilogue:
-            comment += "; then " + "; ".join(self._formula(mm) for mm in g.members[1:])
+            comment += "; then " + "; ".join(self.formula(mm) for mm in g.members[1:])
         return GemmKernel(
-            self.table.namer(f"k_{c_node.name}"), comment, op.trans_a, op.trans_b, m, n, k,
-            self.table(a), a_cols, self.table(b), b_cols, self.table(c_node), n.coef, False,
+            self.table.namer(f"k_{c_node.name}"),
+            comment,
+            op.trans_a,
+            op.trans_b,
+            m,
+            n,
+            k,
+            self.table(a),
+            a_cols,
+            self.table(b),
+            b_cols,
+            self.table(c_node),
+            n.coef,
+            False,
             epilogue,
-        )
-
-    def _reduce(self, node: Node) -> ReduceKernel:
-        src = self.table.base(self.rep.get(node.inputs[0], node.inputs[0]))
-        dims = _full_shape(src)
-        varies = [1 if s > 1 else 0 for s in node.shape]
-        if node.batched:
-            keep_mask = [1] + [0] * (len(src.shape) - len(node.shape)) + varies
-        else:
-            keep_mask = [0] * (len(dims) - len(node.shape)) + varies
-        src_mask = [1 if (d.batched or d.coef > 1) else 0 for d in dims]
-        # neighbouring axes of the same kind (kept or summed) become one loop
-        keep_axes: list[list[int]] = []
-        sum_axes: list[list[int]] = []
-        previous = None
-        for a in range(len(dims)):
-            if not src_mask[a]:
-                continue
-            bucket = keep_axes if keep_mask[a] else sum_axes
-            if previous == keep_mask[a]:
-                bucket[-1].append(a)
-            else:
-                bucket.append([a])
-            previous = keep_mask[a]
-        src_strides = _strides_for(dims, src_mask)
-        dst_strides = _strides_for(dims, keep_mask)
-
-        def loops(buckets, offset):
-            out = []
-            for k, axs in enumerate(buckets):
-                extent = Dim(1, False)
-                for a in axs:
-                    extent = Dim(extent.coef * dims[a].coef, extent.batched or dims[a].batched)
-                out.append(Loop(LOOP_VARS[offset + k], extent))
-            return tuple(out)
-
-        keep_loops = loops(keep_axes, 0)
-        sum_loops = loops(sum_axes, len(keep_loops))
-        all_buckets = keep_axes + sum_axes
-        src_access = Access(self.table(src), tuple(src_strides[ax[-1]] for ax in all_buckets))
-        dst_access = Access(self.table(node), tuple(dst_strides[ax[-1]] for ax in keep_axes))
-        comment = self._formula(node)
-        return ReduceKernel(self.table.namer(f"k_{node.name}"), comment, keep_loops, sum_loops,
-                            src_access, dst_access, node.attrs.get("scale", sp.Integer(1)))
-
-    def _softmax(self, node: Node) -> SoftmaxKernel:
-        src = self.table.base(self.rep.get(node.inputs[0], node.inputs[0]))
-        rows, cols = matrix_dims(node)
-        return SoftmaxKernel(
-            self.table.namer(f"k_{node.name}"),
-            f"{node.name} = softmax({node.inputs[0].name}) over the last axis",
-            Dim(rows, node.batched), cols, self.table(src), self.table(node),
-        )
-
-    def _loss(self, node: Node) -> LossKernel:
-        kind = node.attrs["kind"]
-        pred = self.table.base(self.rep.get(node.inputs[0], node.inputs[0]))
-        target = self.rep.get(node.inputs[1], node.inputs[1])
-        onehot = target.op is ONE_HOT
-        target_tensor = self.table(target.inputs[0] if onehot else target)
-        logits = None
-        if kind.from_logits:
-            logits = self.table(self.table.base(node.inputs[2]))
-        rows, cols = matrix_dims(pred)
-        row_loss = self.table.scratch(f"{node.name}_rows", (rows,), True)
-        return LossKernel(
-            self.table.namer(f"k_{node.name}"),
-            f"{node.name} = mean over the batch of sum over units of {kind.expr}",
-            rows, cols, self.table(pred), target_tensor, onehot, logits, kind.forward,
-            kind.accuracy, row_loss,
         )

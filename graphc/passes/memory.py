@@ -57,9 +57,7 @@ def intervals(kernels: list[Kernel], keep: set[str]) -> dict[str, tuple[int, int
             span[0] = min(span[0], pos)
             span[1] = max(span[1], pos)
     end = len(kernels)
-    return {
-        name: (span[0], end if name in keep else span[1]) for name, span in live.items()
-    }
+    return {name: (span[0], end if name in keep else span[1]) for name, span in live.items()}
 
 
 def place(sizes: dict[str, int], spans: dict[str, tuple[int, int]]) -> tuple[dict[str, int], int]:
@@ -69,7 +67,7 @@ def place(sizes: dict[str, int], spans: dict[str, tuple[int, int]]) -> tuple[dic
     for name in sorted(spans, key=lambda t: (-sizes[t], spans[t][0], t)):
         first, last = spans[name]
         conflicts = sorted(
-            (o, e) for o, e, f, l in placed if not (l < first or f > last)
+            (o, e) for o, e, start, stop in placed if not (stop < first or start > last)
         )
         offset = 0
         for o, e in conflicts:
@@ -89,6 +87,7 @@ def plan(
     real_bytes: int,
 ) -> MemoryPlan:
     """Lay out persistent tensors, then each program's transients from a common base."""
+
     def nbytes(t: Tensor) -> int:
         return t.numel(batch) * (4 if t.dtype == "int32" else real_bytes)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 
 import sympy as sp
+from sympy.printing.str import StrPrinter
 
 from graphc.autodiff import differentiate
 from graphc.graph import Graph, Node
 from graphc.ops.elementwise import ELEMENTWISE
 from graphc.ops.loss import ONE_HOT
 from graphc.ops.reduce import REDUCE_TO
+from graphc.passes.cse import common_subexpressions
 from graphc.symbolic import X
 
 
@@ -28,22 +30,34 @@ def display(node: Node) -> str:
     return name
 
 
+class _Printer(StrPrinter):
+    """sympy's str printer with piecewise values written as 'a if cond else b'."""
+
+    def _print_Piecewise(self, expr: sp.Piecewise) -> str:
+        *pieces, (last, _) = expr.args
+        text = self._print(last)
+        for value, cond in reversed(pieces):
+            text = f"{self._print(value)} if {self._print(cond)} else {text}"
+        return f"({text})"
+
+
 def _pretty(text: str) -> str:
     text = re.sub(r"\*\*2\b", "²", text)
     text = re.sub(r"\*\*3\b", "³", text)
     return text.replace("*", " ⊙ ")
 
 
-def _formula(node: Node, inline: set[Node]) -> str:
+def _formula(node: Node, inline: set[Node], rep: dict[Node, Node]) -> str:
     args = []
     for x in node.inputs:
+        x = rep.get(x, x)
         if x in inline:
-            args.append(f"({_formula(x, inline)})")
+            args.append(f"({_formula(x, inline, rep)})")
         else:
             args.append(display(x))
     if node.op is ELEMENTWISE:
         names = {X[i]: sp.Symbol(a) for i, a in enumerate(args)}
-        return _pretty(str(node.attrs["expr"].xreplace(names)))
+        return _pretty(_Printer().doprint(node.attrs["expr"].xreplace(names)))
     if node.op is REDUCE_TO:
         return f"Σ_batch {args[0]}" if not node.batched else node.op.formula(node, args)
     return node.op.formula(node, args)
@@ -52,6 +66,7 @@ def _formula(node: Node, inline: set[Node]) -> str:
 def explain(graph: Graph, frozen: set[str] | None = None) -> str:
     """The δ equations of ``graph`` (which must have a loss) as text, one per line."""
     backward = differentiate(graph, frozen)
+    rep = common_subexpressions(graph.nodes + backward.nodes)
     uses: dict[Node, int] = {}
     for node in backward.nodes:
         for x in node.inputs:
@@ -65,8 +80,8 @@ def explain(graph: Graph, frozen: set[str] | None = None) -> str:
     ]
     for node in backward.nodes:
         if node.name.startswith("delta_") and not node.name.endswith("_part"):
-            lines.append(f"  {display(node)} = {_formula(node, inline)}")
+            lines.append(f"  {display(node)} = {_formula(node, inline, rep)}")
     lines += ["", "parameter gradients:"]
     for param, grad in backward.grads.items():
-        lines.append(f"  ∂E/∂{param.name} = {_formula(grad, inline)}")
+        lines.append(f"  ∂E/∂{param.name} = {_formula(grad, inline, rep)}")
     return "\n".join(lines) + "\n"

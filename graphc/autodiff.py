@@ -163,6 +163,27 @@ class Adjoints:
             reduce_to(contribution, wrt.shape, wrt.batched, self.graph, name=self._name(wrt, "sum"))
         )
 
+    def apply(self, op: Op, inputs: list[Node], wrt: Node, attrs: dict | None = None) -> Node:
+        """A backward node of any op, shaped like ``wrt`` (for ops whose adjoint is their own kind)."""
+        name = self._name(wrt, op.name)
+        node = make_node(self.graph, op, inputs, wrt.shape, wrt.batched, name, op.name, attrs=attrs)
+        return self._track(node)
+
+    def node(
+        self,
+        op: Op,
+        inputs: list[Node],
+        shape: tuple[int, ...],
+        batched: bool,
+        label: str,
+        wrt: Node | None = None,
+        attrs: dict | None = None,
+    ) -> Node:
+        """A backward node of any op and shape, named as the δ of ``wrt`` when given."""
+        name = self._name(wrt, label)
+        node = make_node(self.graph, op, inputs, shape, batched, name, label, attrs=attrs)
+        return self._track(node)
+
     def reshape(self, delta: Node, wrt: Node, base: Node) -> Node:
         """δ seen with the shape of the reshape's input."""
         return self._track(

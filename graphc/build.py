@@ -88,7 +88,8 @@ def default_flags(cc: str) -> list[str]:
     flags = list(BASE_FLAGS)
     if _supports(cc, "-march=native", "int main(void){return 0;}\n"):
         flags.append("-march=native")
-    flags += openmp_flags(cc)
+    # without OpenMP the pragmas are ignored on purpose; -Wall would warn about each one
+    flags += openmp_flags(cc) or ["-Wno-unknown-pragmas"]
     if os.environ.get("GRAPHC_WERROR"):
         flags.append("-Werror")
     return flags

@@ -4,7 +4,8 @@
     2. δ pass (autodiff.py)    Graph                  -> Backward: δ and gradient nodes
     3. CSE (passes/cse.py)     forward + backward     -> node -> representative map
     4. lowering (passes/fuse)  scheduled nodes        -> kernel records, fused
-    5. optimizer (optim.py)    update rule (sympy)    -> one fused update kernel per parameter
+    5. optimizer (optim.py)    update rule (sympy)    -> [gradient-norm kernel when clipping,]
+                                                         one fused update kernel per parameter
     6. memory (passes/memory)  kernels of all programs -> MemoryPlan: offsets in one arena
     7. codegen (codegen/c.py)  ModelPlan              -> C source, header, cffi cdef
     8. build (build.py)        C source               -> cached shared library
@@ -28,6 +29,7 @@ from graphc.kernels import (
     Assign,
     Dim,
     ElementwiseKernel,
+    GradNormKernel,
     Kernel,
     Loop,
     ModelPlan,
@@ -35,6 +37,7 @@ from graphc.kernels import (
     Program,
     Tensor,
 )
+from graphc.ops.loss import LOSS
 from graphc.optim import LR, STEP, G, Optimizer, P
 from graphc.passes.cse import common_subexpressions
 from graphc.passes.fuse import Lowering, TensorTable, operand_symbol
@@ -47,11 +50,24 @@ def _ordered(graph_nodes: list[Node], wanted: set[Node]) -> list[Node]:
     return [n for n in graph_nodes if n in wanted]
 
 
-def _update_kernel(pp: ParamPlan, optimizer: Optimizer, table: TensorTable) -> ElementwiseKernel:
-    """One fused loop applying the optimizer's rule to every element of a parameter."""
+def _update_kernel(
+    pp: ParamPlan, optimizer: Optimizer, table: TensorTable, clip: Tensor | None = None
+) -> ElementwiseKernel:
+    """One fused loop applying the optimizer's rule to every element of a parameter.
+
+    Every expression is rewritten in terms of the values at loop entry (a later assignment
+    sees the earlier ones' new values substituted), so the loop reads each element once.
+    With ``clip`` (the one-element clipping scale), g is read as g * scale.
+    """
     rule = optimizer.rule()
     operands = [pp.param, pp.grad, *pp.states]
-    symbols = {P: operand_symbol(0), G: operand_symbol(1)}
+    strides = [(1,)] * len(operands)
+    g = operand_symbol(1)
+    if clip is not None:
+        g = g * operand_symbol(len(operands))
+        operands.append(clip)
+        strides.append((0,))
+    symbols = {P: operand_symbol(0), G: g}
     for k, name in enumerate(rule.states):
         symbols[sp.Symbol(name, real=True)] = operand_symbol(2 + k)
     loop = Loop("i", Dim(pp.param.per_sample))
@@ -71,19 +87,31 @@ def _update_kernel(pp: ParamPlan, optimizer: Optimizer, table: TensorTable) -> E
         current[key] = value
     scalar_symbols = {STEP: sp.Symbol("t"), LR: sp.Symbol("lr")}
     scalars = tuple((name, expr.xreplace(scalar_symbols)) for name, expr in rule.scalars)
-    comment = f"{optimizer.name} update of {pp.param.label}: " + "; ".join(
+    clipped = f" (g = gradient * {clip.label})" if clip is not None else ""
+    comment = f"{optimizer.name} update of {pp.param.label}{clipped}: " + "; ".join(
         f"{t} <- {e}" for t, e in rule.assigns
     )
     return ElementwiseKernel(
         table.namer(f"update_{pp.param.label}"),
         comment,
         (loop,),
-        tuple(Access(t, (1,)) for t in operands),
+        tuple(Access(t, s) for t, s in zip(operands, strides)),
         tuple(assigns),
         scalars,
         args=(("real", "lr"),)
         + ((("double", "t"),) if any(e.has(sp.Symbol("t")) for _, e in scalars) else ()),
     )
+
+
+def _grad_norm_kernel(
+    params: list[ParamPlan], max_norm: float, table: TensorTable
+) -> tuple[GradNormKernel, Tensor]:
+    """The kernel computing the clipping scale min(1, c / ‖g‖) over every gradient."""
+    scale = table.scratch("clip_scale", (1,), False)
+    grads = tuple(pp.grad for pp in params if pp.trainable)
+    names = ", ".join(t.label for t in grads)
+    comment = f"clip_scale = min(1, {max_norm} / ||g||), ||g||^2 = sum of squares of {names}"
+    return GradNormKernel(table.namer("k_clip_scale"), comment, grads, max_norm, scale), scale
 
 
 def plan_model(
@@ -104,6 +132,12 @@ def plan_model(
         raise GraphError(
             f"graph {graph.name!r} has neither outputs nor a loss; add g.output(name, node) "
             "or g.minimize(loss)"
+        )
+    if graph.loss is not None and graph.loss.op is not LOSS:
+        raise GraphError(
+            f"minimize({graph.loss.name!r}): the objective must be one loss op (gc.mse, "
+            "gc.softmax_cross_entropy, ...); sums or other functions of losses are not "
+            "supported yet"
         )
     frozen = set(frozen or ())
     unknown = frozen - {p.name for p in graph.params}
@@ -164,7 +198,7 @@ def plan_model(
         grads = list(backward.grads.values())
         need = ancestors([graph.loss] + grads)
         schedule = _ordered(graph.nodes, need) + _ordered(backward.nodes, need)
-        lowering = Lowering(schedule, set(grads) | {graph.loss}, table)
+        lowering = Lowering(schedule, set(grads) | {graph.loss}, table, training=True)
         kernels: list[Kernel] = list(lowering.kernels())
         inputs = tuple(table(x) for x in graph.inputs if x in need)
         grad_names = frozenset(table(g).name for g in grads)
@@ -177,7 +211,11 @@ def plan_model(
                 grad_names,
             )
         )
-        kernels += [_update_kernel(pp, optimizer, table) for pp in params if pp.trainable]
+        clip = None
+        if optimizer.clip_norm is not None:
+            norm_kernel, clip = _grad_norm_kernel(params, optimizer.clip_norm, table)
+            kernels.append(norm_kernel)
+        kernels += [_update_kernel(pp, optimizer, table, clip) for pp in params if pp.trainable]
         programs.append(
             Program(
                 "train",
@@ -255,7 +293,19 @@ def compile(  # noqa: A001 - the public name the DSL promises
         from graphc.optim import SGD
 
         optimizer = SGD(lr=0.01)
-    plan, backward = plan_model(graph, batch_size, dtype, optimizer, set(frozen or ()))
+    frozen = set([frozen] if isinstance(frozen, str) else (frozen or ()))
+    plan, backward = plan_model(graph, batch_size, dtype, optimizer, frozen)
     source, header, cdef = render_model(plan)
     library = build_c(plan.name, source, header, cdef, cflags=cflags)
-    return Model(graph, plan, backward, library, optimizer, seed=seed, num_threads=num_threads)
+    # what Model.freeze/unfreeze need to compile the same graph again
+    options = {"batch_size": batch_size, "dtype": dtype, "frozen": frozen, "cflags": cflags}
+    return Model(
+        graph,
+        plan,
+        backward,
+        library,
+        optimizer,
+        seed=seed,
+        num_threads=num_threads,
+        options=options,
+    )

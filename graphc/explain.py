@@ -80,8 +80,42 @@ def explain(graph: Graph, frozen: set[str] | None = None) -> str:
     ]
     for node in backward.nodes:
         if node.name.startswith("delta_") and not node.name.endswith("_part"):
-            lines.append(f"  {display(node)} = {_formula(node, inline, rep)}")
+            # a recurrence over time names its step: δ[h]ᵗ = … δ[h]ᵗ⁺¹ …
+            index = node.attrs.get("index", "")
+            lines.append(f"  {display(node)}{index} = {_formula(node, inline, rep)}")
     lines += ["", "parameter gradients:"]
     for param, grad in backward.grads.items():
         lines.append(f"  ∂E/∂{param.name} = {_formula(grad, inline, rep)}")
     return "\n".join(lines) + "\n"
+
+
+def _latex_line(text: str) -> str:
+    text = re.sub(r"δ\[([^\]]+)\]", lambda m: r"\delta^{[\mathrm{" + m.group(1) + "}]}", text)
+    text = re.sub(
+        r"∂E/∂([A-Za-z0-9_.]+)",
+        lambda m: r"\frac{\partial E}{\partial \mathrm{" + m.group(1) + "}}",
+        text,
+    )
+    replacements = {
+        "⊙": r"\odot",
+        "·": r"\cdot",
+        "ᵀ": r"^{\top}",
+        "²": "^{2}",
+        "³": "^{3}",
+        "Σ_batch": r"\sum_{\mathrm{batch}}",
+        "_": r"\_",
+    }
+    for old, new in replacements.items():
+        text = text.replace(old, new)
+    return text.replace(r"\_{", "_{").replace(r"\mathrm{", r"\mathrm{")
+
+
+def explain_latex(graph: Graph, frozen: set[str] | None = None) -> str:
+    """The δ equations as a LaTeX ``align*`` environment."""
+    lines = [
+        line.strip()
+        for line in explain(graph, frozen).splitlines()
+        if line.strip().startswith(("δ[", "∂E"))
+    ]
+    body = " \\\\\n".join("  " + _latex_line(line).replace(" = ", " &= ", 1) for line in lines)
+    return "\\begin{align*}\n" + body + "\n\\end{align*}\n"

@@ -7,9 +7,9 @@ leading batch axis, an unbatched one (a parameter, a loss) does not.
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +26,12 @@ INITS = ("zeros", "constant", "uniform", "normal", "glorot", "xavier", "he")
 
 def user_line() -> str:
     """Return 'file:line' of the first stack frame outside the graphc package."""
-    for frame in inspect.stack()[1:]:
-        path = os.path.abspath(frame.filename)
-        if not path.startswith(_PACKAGE_DIR):
-            return f"{frame.filename}:{frame.lineno}"
+    frame = sys._getframe(1)  # inspect.stack() reads source files: far too slow here
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not os.path.abspath(filename).startswith(_PACKAGE_DIR):
+            return f"{filename}:{frame.f_lineno}"
+        frame = frame.f_back
     return "<unknown>"
 
 
@@ -299,6 +301,18 @@ class Graph:
         self._check_own(node, f"output {name!r}")
         if not node.batched:
             raise GraphError(f"output {name!r}: {node.describe()} has no batch axis")
+        from graphc.ops.base import INPUT
+        from graphc.ops.shape import RESHAPE
+
+        source = node
+        while source.op is RESHAPE:
+            source = source.inputs[0]
+        if source.op is INPUT:
+            # predict copies outputs out of the arena, where inputs never live
+            raise GraphError(
+                f"output {name!r}: {node.describe()} is (a view of) the input {source.name!r}; "
+                "output a computed node instead, such as gc.identity(x)"
+            )
         if name in self.outputs:
             raise GraphError(f"output {name!r} is declared twice")
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
@@ -335,7 +349,7 @@ def _shape_tuple(shape: Sequence[int] | int, what: str) -> tuple[int, ...]:
         shape = (int(shape),)
     try:
         dims = tuple(int(s) for s in shape)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ShapeError(
             f"{what}: shape must be a tuple of positive integers, got {shape!r}"
         ) from exc

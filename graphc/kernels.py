@@ -247,6 +247,26 @@ class LossKernel(Kernel):
 
 
 @dataclass(frozen=True)
+class GradNormKernel(Kernel):
+    """``scale = min(1, max_norm / ‖g‖)`` with ‖g‖² = Σ g² over ``grads`` in their order.
+
+    One thread sums in a fixed order, so the scale does not depend on the thread count;
+    the optimizer's update kernels read ``scale`` (one element) and multiply g by it.
+    """
+
+    grads: tuple[Tensor, ...]
+    max_norm: float
+    scale: Tensor
+    template: str = "grad_norm"
+
+    def reads(self) -> list[Tensor]:
+        return list(self.grads)
+
+    def writes(self) -> list[Tensor]:
+        return [self.scale]
+
+
+@dataclass(frozen=True)
 class Program:
     """One entry point's work: kernels in order, the inputs they read, what to keep."""
 

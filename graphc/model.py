@@ -6,38 +6,37 @@ layout C expects when it is not already; the C side never sees a Python object.
 
 from __future__ import annotations
 
+import copy
+import os
 import sys
+import time
 import weakref
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from graphc.errors import GraphError
+from graphc.checkpoint import Checkpoint
+from graphc.checkpoint import load as load_checkpoint
+from graphc.checkpoint import save as save_checkpoint
+from graphc.errors import CheckpointError, GraphError
 from graphc.graph import Graph
+from graphc.history import Callback, History
 from graphc.kernels import ModelPlan, Tensor
 from graphc.ops.loss import ONE_HOT
 
+_U64 = 0xFFFFFFFFFFFFFFFF
 
-class History:
-    """Per-epoch metrics of ``fit``: ``history['loss']``, ``['accuracy']``, ``['val_loss']``..."""
 
-    def __init__(self) -> None:
-        self.history: dict[str, list[float]] = {}
+def _progress(epochs: int, verbose: Any):
+    """A tqdm bar over epochs when wanted: verbose=1, or 'auto' on a terminal or in a notebook."""
+    if verbose == "auto":
+        verbose = sys.stderr.isatty() or "ipykernel" in sys.modules
+    if not verbose:
+        return None
+    from tqdm.auto import tqdm
 
-    def append(self, **metrics: float) -> None:
-        """Record one epoch."""
-        for key, value in metrics.items():
-            self.history.setdefault(key, []).append(float(value))
-
-    def __getitem__(self, key: str) -> list[float]:
-        return self.history[key]
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.history
-
-    def __repr__(self) -> str:
-        last = {k: round(v[-1], 5) for k, v in self.history.items() if v}
-        return f"<History {len(self.history.get('loss', []))} epochs, last {last}>"
+    return tqdm(total=epochs, unit="epoch", leave=True)
 
 
 class Model:
@@ -52,11 +51,13 @@ class Model:
         optimizer,
         seed: int = 0,
         num_threads: int | None = None,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.graph = graph
         self.plan = plan
         self.optimizer = optimizer
-        self.seed = int(seed)
+        self._seed = int(seed)
+        self._options = dict(options or {})
         self._backward = backward
         self._library = library
         self._ffi = library.ffi
@@ -69,6 +70,7 @@ class Model:
             )
         self._handle = handle
         self._finalizer = weakref.finalize(self, getattr(self._lib, f"{plan.name}_destroy"), handle)
+        self._call("set_seed", handle, self._seed & _U64)
         self._index: dict[str, int] = {}
         order: list[Tensor] = [pp.param for pp in plan.params]
         order += [pp.grad for pp in plan.params if pp.grad is not None]
@@ -76,7 +78,12 @@ class Model:
         for k, t in enumerate(order):
             self._index[t.name] = k
         self._param_plans = {pp.param.label: pp for pp in plan.params}
-        self._classes = {n.inputs[0].name: n.shape[-1] for n in graph.nodes if n.op is ONE_HOT}
+        # integer inputs that index something (one-hot classes, embedding rows): their range
+        self._classes = {
+            n.inputs[0].name: n.attrs.get("classes", n.shape[-1])
+            for n in graph.nodes
+            if n.op is ONE_HOT or "classes" in n.attrs
+        }
         if num_threads is not None:
             self.num_threads = num_threads
         if optimizer is not None:
@@ -202,6 +209,18 @@ class Model:
             )
         return float(self._call("train_step", self._handle, *self._c_args(arrays, tensors), rows))
 
+    def training_loss(self, *args: Any, **kwargs: Any) -> float:
+        """Mean loss of one batch as training computes it, without updating anything.
+
+        Dropout is on, with the masks of the current step counter (the last step's masks),
+        so with ``gradients`` it gives a consistent loss/gradient pair for gradient checks.
+        """
+        tensors = self._program_inputs("grad")
+        arrays, rows = self._inputs(args, kwargs, tensors, "training_loss")
+        if not 0 < rows <= self.plan.batch:
+            raise ValueError(f"training_loss: got {rows} rows; give 1 to {self.plan.batch}")
+        return float(self._call("gradients", self._handle, *self._c_args(arrays, tensors), rows))
+
     def gradients(self, *args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
         """∂E/∂param for one batch, without updating anything."""
         tensors = self._program_inputs("grad")
@@ -222,10 +241,16 @@ class Model:
         shuffle: bool = True,
         seed: int | None = None,
         validation_data: Any = None,
-        verbose: int = 0,
+        verbose: Any = "auto",
+        callbacks: list[Callback] | None = None,
         **kwargs: Any,
     ) -> History:
-        """Train for ``epochs`` epochs; each epoch is one call into C."""
+        """Train for ``epochs`` epochs; each epoch is one call into C.
+
+        ``verbose="auto"`` shows a progress bar (loss, accuracy, samples/s) on a terminal or
+        in a notebook, 0 keeps quiet, 1 always shows it.  ``callbacks`` (for example
+        ``gc.EarlyStopping``, ``gc.CheckpointEvery``) run after every epoch.
+        """
         tensors = self._program_inputs("train")
         arrays, rows = self._inputs(args, kwargs, tensors, "fit")
         if rows == 0:
@@ -239,8 +264,13 @@ class Model:
         history = History()
         base_seed = self.seed if seed is None else int(seed)
         pointers = self._c_args(arrays, tensors)
+        callbacks = list(callbacks or [])
+        for callback in callbacks:
+            callback.on_train_begin(self)
+        bar = _progress(epochs, verbose)
         for _ in range(epochs):
             epoch = int(self._call("epoch", self._handle))
+            started = time.perf_counter()
             shuffle_seed = (base_seed * 1_000_003 + epoch) & 0xFFFFFFFFFFFFFFFF
             loss = self._call(
                 "train_epoch",
@@ -252,6 +282,7 @@ class Model:
                 int(shuffle),
                 hits,
             )
+            elapsed = time.perf_counter() - started
             metrics = {"loss": loss}
             if self.plan.accuracy:
                 metrics["accuracy"] = hits[0] / (rows * self.plan.rows_per_sample)
@@ -263,9 +294,23 @@ class Model:
                 )
                 metrics.update({f"val_{k}": v for k, v in val.items()})
             history.append(**metrics)
-            if verbose:
-                text = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-                print(f"epoch {epoch + 1}: {text}", file=sys.stderr)
+            if bar is not None:
+                bar.set_postfix(
+                    {
+                        **{k: f"{v:.4f}" for k, v in metrics.items()},
+                        "samples/s": f"{rows / max(elapsed, 1e-9):,.0f}",
+                    }
+                )
+                bar.update(1)
+            stop = False
+            for callback in callbacks:
+                stop = callback.on_epoch_end(self, epoch + 1, metrics) or stop
+            if stop:
+                break
+        if bar is not None:
+            bar.close()
+        for callback in callbacks:
+            callback.on_train_end(self)
         return history
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
@@ -301,8 +346,13 @@ class Model:
         """Copies of every parameter, by graph name."""
         return {label: self._view(pp.param).copy() for label, pp in self._param_plans.items()}
 
-    def set_params(self, values: dict[str, Any], strict: bool = True) -> None:
-        """Overwrite parameters by name; unknown names or wrong shapes raise (unless not strict)."""
+    def set_params(self, values: dict[str, Any] | Checkpoint, strict: bool = True) -> None:
+        """Overwrite parameters by name; unknown names or wrong shapes raise (unless not strict).
+
+        ``values`` may also be a Checkpoint (``gc.load(path)``): its parameters are used.
+        """
+        if isinstance(values, Checkpoint):
+            values = values.params
         checked = {}
         for name, value in values.items():
             if name not in self._param_plans:
@@ -337,6 +387,16 @@ class Model:
         self._call("set_lr", self._handle, float(value))
 
     @property
+    def seed(self) -> int:
+        """Seed of parameter initialization, shuffling and dropout masks."""
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self._seed = int(value)
+        self._call("set_seed", self._handle, self._seed & _U64)
+
+    @property
     def num_threads(self) -> int:
         """OpenMP threads used by each call (default: OpenMP's default)."""
         return self._threads if hasattr(self, "_threads") else 0
@@ -355,6 +415,174 @@ class Model:
     def epoch(self) -> int:
         """Epochs finished so far."""
         return int(self._call("epoch", self._handle))
+
+    # --- optimizer state, freezing, checkpoints -------------------------------------------
+    @property
+    def optimizer_state(self) -> dict[str, dict[str, np.ndarray]]:
+        """Copies of the optimizer state of every trained parameter: {param: {state: array}}."""
+        return {
+            label: {s.label[len(label) + 1 :]: self._view(s).copy() for s in pp.states}
+            for label, pp in self._param_plans.items()
+            if pp.states
+        }
+
+    @property
+    def frozen(self) -> list[str]:
+        """Names of the parameters this model does not train."""
+        return sorted(label for label, pp in self._param_plans.items() if not pp.trainable)
+
+    def _param_names(self, names: str | Iterable[str], what: str) -> set[str]:
+        """Parameter names from names of parameters or of layers ('hidden' -> hidden.W, hidden.b)."""
+        if isinstance(names, str):
+            names = [names]
+        result: set[str] = set()
+        for name in names:
+            if name in self._param_plans:
+                result.add(name)
+                continue
+            layer = [p for p in self._param_plans if p.startswith(f"{name}.")]
+            if not layer:
+                raise GraphError(
+                    f"{what}: model {self.plan.graph_name!r} has no parameter or layer {name!r}; "
+                    f"its parameters are {sorted(self._param_plans)}"
+                )
+            result.update(layer)
+        return result
+
+    def freeze(self, names: str | Iterable[str]) -> "Model":
+        """A recompiled Model that does not train ``names`` (parameters or layer names).
+
+        The new model computes no gradient and no update for frozen parameters (nor the
+        δ's only they needed); it starts from this model's parameters, optimizer state,
+        counters, seed, learning rate and thread count.  This model is left unchanged.
+        """
+        frozen = set(self._options.get("frozen", ())) | self._param_names(names, "freeze")
+        return self._recompiled(frozen)
+
+    def unfreeze(self, names: str | Iterable[str]) -> "Model":
+        """A recompiled Model that trains ``names`` again; their optimizer state starts at zero.
+
+        Parameters declared with ``trainable=False`` in the graph stay frozen: unfreezing
+        one raises GraphError.
+        """
+        wanted = self._param_names(names, "unfreeze")
+        declared = {p.name for p in self.graph.params if not p.attrs["trainable"]} & wanted
+        if declared:
+            raise GraphError(
+                f"unfreeze: {sorted(declared)} are declared with trainable=False in the graph; "
+                "declare them trainable and use model.freeze to freeze them for a while"
+            )
+        return self._recompiled(set(self._options.get("frozen", ())) - wanted)
+
+    def _recompiled(self, frozen: set[str]) -> "Model":
+        from graphc.compiler import compile as compile_graph
+
+        if self.optimizer is None:
+            raise GraphError("freeze/unfreeze need a trainable model (a loss and an optimizer)")
+        model = compile_graph(
+            self.graph,
+            batch_size=self._options.get("batch_size", self.plan.batch),
+            dtype=self.plan.dtype,
+            optimizer=copy.deepcopy(self.optimizer),
+            seed=self.seed,
+            frozen=frozen,
+            cflags=self._options.get("cflags"),
+            num_threads=self._threads if hasattr(self, "_threads") else None,
+        )
+        model.load(self.checkpoint(), strict=False)
+        return model
+
+    def checkpoint(self) -> Checkpoint:
+        """Everything ``save`` writes, in memory: params, optimizer state, counters, seed, lr."""
+        return Checkpoint(
+            graph=self.plan.graph_name,
+            dtype=self.plan.dtype,
+            params=self.params,
+            state=self.optimizer_state,
+            step=self.step,
+            epoch=self.epoch,
+            seed=self.seed,
+            lr=self.lr if self.optimizer is not None else None,
+            optimizer=self.plan.optimizer,
+        )
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a checkpoint file atomically (format: graphc.checkpoint, docs/training.md)."""
+        save_checkpoint(self.checkpoint(), path)
+
+    def load(self, source: str | os.PathLike | Checkpoint, strict: bool = True) -> "Model":
+        """Restore params, optimizer state, counters, seed and lr from a file or a Checkpoint.
+
+        ``strict`` (default): the checkpoint must come from a graph of the same name and
+        hold exactly this model's parameters (names, shapes) and the optimizer state of
+        every parameter it trains, in the model's dtype; state saved for parameters this
+        model keeps frozen is ignored.  ``strict=False`` takes whatever matches by name and
+        shape and leaves the rest as it is.  Everything is checked before anything is
+        written: a bad checkpoint raises CheckpointError and leaves the model unchanged.
+        Returns the model.
+        """
+        ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source)
+        where = (
+            "checkpoint" if isinstance(source, Checkpoint) else f"checkpoint {os.fspath(source)!r}"
+        )
+        if ckpt.dtype != self.plan.dtype:
+            raise CheckpointError(
+                f"{where} holds {ckpt.dtype} tensors but model {self.plan.graph_name!r} is "
+                f"{self.plan.dtype}; compile the model with dtype={ckpt.dtype!r}"
+            )
+        if strict and ckpt.graph != self.plan.graph_name:
+            raise CheckpointError(
+                f"{where} was saved from graph {ckpt.graph!r}, not {self.plan.graph_name!r}; "
+                "use model.set_params(gc.load(path).params, strict=False) to transfer weights"
+            )
+        writes: list[tuple[Tensor, np.ndarray]] = []
+        if strict:
+            missing = sorted(set(self._param_plans) - set(ckpt.params))
+            extra = sorted(set(ckpt.params) - set(self._param_plans))
+            if missing or extra:
+                raise CheckpointError(
+                    f"{where} does not match model {self.plan.graph_name!r}: "
+                    + "; ".join(
+                        text
+                        for text in (
+                            f"missing parameters {missing}" if missing else "",
+                            f"unknown parameters {extra}" if extra else "",
+                        )
+                        if text
+                    )
+                )
+        for label, pp in self._param_plans.items():
+            array = ckpt.params.get(label)
+            if array is None:
+                continue
+            if array.shape != pp.param.shape:
+                if strict:
+                    raise CheckpointError(
+                        f"{where}: parameter {label!r} has shape {array.shape}, the model's "
+                        f"has shape {pp.param.shape}"
+                    )
+                continue
+            writes.append((pp.param, array))
+            saved = ckpt.state.get(label, {})
+            for tensor in pp.states:
+                state = tensor.label[len(label) + 1 :]
+                value = saved.get(state)
+                if value is None or value.shape != pp.param.shape:
+                    if strict:
+                        raise CheckpointError(
+                            f"{where} has no optimizer state {state!r} of shape "
+                            f"{pp.param.shape} for {label!r} (it was saved with "
+                            f"{ckpt.optimizer}, the model uses {self.plan.optimizer})"
+                        )
+                    continue
+                writes.append((tensor, value))
+        for tensor, array in writes:
+            self._view(tensor)[...] = array
+        self._call("set_counters", self._handle, int(ckpt.step), int(ckpt.epoch))
+        self.seed = ckpt.seed
+        if ckpt.lr is not None and self.optimizer is not None:
+            self.lr = ckpt.lr
+        return self
 
     # --- inspection -----------------------------------------------------------------------
     @property
@@ -383,6 +611,69 @@ class Model:
     def batch_size(self) -> int:
         """Rows per training step (compile-time)."""
         return self.plan.batch
+
+    def summary(self) -> str:
+        """A table of layers, output shapes, parameter counts, arena bytes and FLOPs per sample."""
+        from graphc.summary import summary
+
+        return summary(self)
+
+    def manifest(self) -> dict[str, Any]:
+        """What a C user of the built library needs: sizes, flags, tensor indices and shapes."""
+        import hashlib
+
+        tensors = []
+        for name, index in sorted(self._index.items(), key=lambda kv: kv[1]):
+            for pp in self.plan.params:
+                for t in (pp.param, pp.grad, *pp.states):
+                    if t is not None and t.name == name:
+                        tensors.append(
+                            {
+                                "index": index,
+                                "name": t.label,
+                                "c_name": t.name,
+                                "role": t.role,
+                                "shape": list(t.shape),
+                            }
+                        )
+        return {
+            "graph": self.plan.graph_name,
+            "prefix": self.plan.name,
+            "graph_hash": hashlib.sha256(self.source.encode()).hexdigest(),
+            "dtype": self.plan.dtype,
+            "batch_size": self.plan.batch,
+            "arena_bytes": self.plan.memory.arena_bytes,
+            "compiler": self._library.compiler,
+            "flags": list(self._library.flags),
+            "optimizer": self.plan.optimizer,
+            "inputs": [
+                {
+                    "name": t.label,
+                    "dtype": t.dtype if t.dtype == "int32" else self.plan.dtype,
+                    "shape": list(t.shape),
+                }
+                for t in self.plan.inputs
+            ],
+            "outputs": [{"name": n, "shape": list(t.shape)} for n, t in self.plan.outputs],
+            "params": [
+                {
+                    "name": pp.param.label,
+                    "shape": list(pp.param.shape),
+                    "index": self._index[pp.param.name],
+                    "trainable": pp.trainable,
+                }
+                for pp in self.plan.params
+            ],
+            "tensors": tensors,
+        }
+
+    def export(
+        self, directory: str, name: str | None = None, training: bool = False, batch_size: int = 1
+    ):
+        """Write a standalone C99 project (no malloc, no threads) for embedded targets."""
+        from graphc.export import export
+
+        return export(self, directory, name=name, training=training, batch_size=batch_size)
 
     def explain(self) -> str:
         """The δ recurrences and parameter gradients the compiler derived, as text."""

@@ -1,9 +1,15 @@
 """Optimizers: update rules written once as sympy expressions per parameter element.
 
 Each rule is an ordered list of assignments to per-element state and finally to the
-parameter; a later assignment reads the new values of earlier ones.  Scalars that do
-not depend on the element (learning rate, bias corrections) are computed once per step.
-Symbols: p (parameter), g (gradient), one symbol per state, lr, t (1-based step).
+parameter; a later assignment reads the new values of earlier ones (the compiler
+substitutes them, so the generated loop reads every element once, before any store).
+Scalars that do not depend on the element (bias corrections) are computed once per step.
+Symbols: p (parameter), g (gradient, already clipped), one symbol per state, lr (this
+step's learning rate from the schedule), t (the 1-based training step).
+
+Gradient clipping by global norm (``clip_norm=c`` on any optimizer): one kernel computes
+‖g‖ = sqrt(Σ over all gradients of g²) in a fixed order, and every update reads
+g · min(1, c / ‖g‖) in place of g.  The exact rules are in docs/training.md.
 """
 
 from __future__ import annotations
@@ -39,12 +45,15 @@ class Rule:
 
 
 class Optimizer:
-    """Base class: a learning rate (or schedule) and a sympy update rule."""
+    """Base class: a learning rate (or schedule), optional clipping and a sympy update rule."""
 
     name = "optimizer"
 
-    def __init__(self, lr: Any) -> None:
+    def __init__(self, lr: Any, clip_norm: float | None = None) -> None:
         self.schedule: Schedule = as_schedule(lr)
+        if clip_norm is not None and not float(clip_norm) > 0:
+            raise GraphError(f"clip_norm={clip_norm} must be a positive number (or None)")
+        self.clip_norm = None if clip_norm is None else float(clip_norm)
 
     @property
     def lr(self) -> float:
@@ -57,14 +66,19 @@ class Optimizer:
 
     def describe(self) -> str:
         """A one-line summary for manifests and summaries."""
-        fields = ", ".join(f"{k}={v}" for k, v in vars(self).items() if k != "schedule")
+        fields = ", ".join(
+            f"{k}={v}"
+            for k, v in vars(self).items()
+            if k != "schedule" and not (k == "clip_norm" and v is None)
+        )
         return f"{self.name}(lr={self.schedule.describe()}{', ' if fields else ''}{fields})"
 
 
 class SGD(Optimizer):
     """Stochastic gradient descent with optional momentum, Nesterov and weight decay.
 
-    PyTorch's formulation: g ← g + λp; v ← μv + g; p ← p − η v (Nesterov: p ← p − η(g + μv)).
+    PyTorch's formulation: g ← g + λp; v ← μv + g; p ← p − η v (Nesterov: p ← p − η(g + μv)),
+    with v the new velocity (v starts at 0, so the first step takes v = g).
     """
 
     name = "SGD"
@@ -75,8 +89,9 @@ class SGD(Optimizer):
         momentum: float = 0.0,
         nesterov: bool = False,
         weight_decay: float = 0.0,
+        clip_norm: float | None = None,
     ) -> None:
-        super().__init__(lr)
+        super().__init__(lr, clip_norm)
         self.momentum = _check("momentum", momentum, 0.0, 1.0)
         self.nesterov = bool(nesterov)
         self.weight_decay = _check("weight_decay", weight_decay, 0.0)
@@ -89,20 +104,29 @@ class SGD(Optimizer):
             return Rule((), (), (("p", P - LR * g),))
         v = sp.Symbol("v", real=True)
         mu = sp.Float(self.momentum)
-        v_new = mu * v + g
-        step = g + mu * v_new if self.nesterov else v_new
-        return Rule(("v",), (), (("v", v_new), ("p", P - LR * step)))
+        # in the parameter's assignment, v already holds the new velocity
+        step = g + mu * v if self.nesterov else v
+        return Rule(("v",), (), (("v", mu * v + g), ("p", P - LR * step)))
 
 
 class Adam(Optimizer):
-    """Adam with bias correction exactly as in Kingma & Ba, Algorithm 1."""
+    """Adam with bias correction exactly as in Kingma & Ba, Algorithm 1.
+
+    m ← β1 m + (1 − β1) g; v ← β2 v + (1 − β2) g²; m̂ = m / (1 − β1ᵗ); v̂ = v / (1 − β2ᵗ);
+    p ← p − η m̂ / (√v̂ + ε), with t the 1-based step.
+    """
 
     name = "Adam"
 
     def __init__(
-        self, lr: Any = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8
+        self,
+        lr: Any = 1e-3,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        clip_norm: float | None = None,
     ) -> None:
-        super().__init__(lr)
+        super().__init__(lr, clip_norm)
         self.beta1 = _check("beta1", beta1, 0.0, 1.0)
         self.beta2 = _check("beta2", beta2, 0.0, 1.0)
         self.eps = _check("eps", eps, 0.0)
@@ -113,42 +137,45 @@ class Adam(Optimizer):
         b1, b2 = sp.Float(self.beta1), sp.Float(self.beta2)
         m_new = b1 * m + (1 - b1) * G
         v_new = b2 * v + (1 - b2) * G**2
-        p_new = P - LR * (m_new / bc1) / (sp.sqrt(v_new / bc2) + sp.Float(self.eps))
+        # m and v here are the new moments (assigned just before)
+        p_new = P - LR * (m / bc1) / (sp.sqrt(v / bc2) + sp.Float(self.eps))
         scalars = (("bc1", 1 - b1**STEP), ("bc2", 1 - b2**STEP))
         return Rule(("m", "v"), scalars, (("m", m_new), ("v", v_new), ("p", p_new)))
 
 
 class AdaGrad(Optimizer):
-    """AdaGrad: s ← s + g²; w ← w − η g / (√s + ε)."""
+    """AdaGrad: s ← s + g²; w ← w − η g / (√s + ε) with the new s (s = Σ g² so far)."""
 
     name = "AdaGrad"
 
-    def __init__(self, lr: Any = 0.01, eps: float = 1e-10) -> None:
-        super().__init__(lr)
+    def __init__(self, lr: Any = 0.01, eps: float = 1e-10, clip_norm: float | None = None) -> None:
+        super().__init__(lr, clip_norm)
         self.eps = _check("eps", eps, 0.0)
 
     def rule(self) -> Rule:
         s = sp.Symbol("s", real=True)
-        s_new = s + G**2
-        return Rule(
-            ("s",), (), (("s", s_new), ("p", P - LR * G / (sp.sqrt(s_new) + sp.Float(self.eps))))
-        )
+        step = LR * G / (sp.sqrt(s) + sp.Float(self.eps))
+        return Rule(("s",), (), (("s", s + G**2), ("p", P - step)))
 
 
 class RMSProp(Optimizer):
-    """RMSProp: s ← ρ s + (1 − ρ) g²; w ← w − η g / (√s + ε)."""
+    """RMSProp: s ← ρ s + (1 − ρ) g²; w ← w − η g / (√s + ε) with the new s."""
 
     name = "RMSProp"
 
-    def __init__(self, lr: Any = 0.01, rho: float = 0.99, eps: float = 1e-8) -> None:
-        super().__init__(lr)
+    def __init__(
+        self,
+        lr: Any = 0.01,
+        rho: float = 0.99,
+        eps: float = 1e-8,
+        clip_norm: float | None = None,
+    ) -> None:
+        super().__init__(lr, clip_norm)
         self.rho = _check("rho", rho, 0.0, 1.0)
         self.eps = _check("eps", eps, 0.0)
 
     def rule(self) -> Rule:
         s = sp.Symbol("s", real=True)
         rho = sp.Float(self.rho)
-        s_new = rho * s + (1 - rho) * G**2
-        return Rule(
-            ("s",), (), (("s", s_new), ("p", P - LR * G / (sp.sqrt(s_new) + sp.Float(self.eps))))
-        )
+        step = LR * G / (sp.sqrt(s) + sp.Float(self.eps))
+        return Rule(("s",), (), (("s", rho * s + (1 - rho) * G**2), ("p", P - step)))

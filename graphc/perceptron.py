@@ -92,7 +92,9 @@ class Perceptron:
         if not np.all((targets == 0) | (targets == 1)):
             raise ValueError("Perceptron.fit: targets must be 0 or 1")
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-            raise ValueError(f"Perceptron.fit: epochs must be a non-negative integer, got {epochs!r}")
+            raise ValueError(
+                f"Perceptron.fit: epochs must be a non-negative integer, got {epochs!r}"
+            )
         targets = targets.astype(np.float64)
         errors: list[int] = []
         for _ in range(epochs):

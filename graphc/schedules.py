@@ -1,6 +1,16 @@
 """Learning-rate schedules: η as a sympy expression of the counter t (1-based).
 
-``per="epoch"`` (default) counts finished epochs + 1; ``per="step"`` counts training steps.
+What t counts is chosen per schedule with ``per``:
+
+* ``per="epoch"`` (default): t = epochs finished + 1, so every step of the first epoch of
+  ``fit`` uses t = 1, the second epoch t = 2, ...  ``train_step`` outside ``fit`` does not
+  finish epochs, so it keeps the t of the current epoch.
+* ``per="step"``: t = the number of the training step being taken (1 for the first step
+  ever, counting across epochs and across ``fit``/``train_step`` calls).
+
+The generated training step evaluates η_t itself (``m->lr_now``) before its kernels run;
+every optimizer reads it as ``lr``.  Counters live in the model and in checkpoints, so a
+resumed run continues the schedule where it stopped.  ``model.lr = x`` changes η0.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ class Schedule:
     """Base class: η_t = expr(t); ``eta0`` is the base rate, settable on the model."""
 
     def __init__(self, eta0: float, per: str = "epoch") -> None:
-        if float(eta0) <= 0:
+        if not float(eta0) > 0:
             raise GraphError(f"learning rate must be positive, got {eta0}")
         if per not in ("epoch", "step"):
             raise GraphError(f"schedule counter per={per!r} must be 'epoch' or 'step'")
@@ -32,7 +42,8 @@ class Schedule:
 
     def describe(self) -> str:
         """Short text for summaries."""
-        return f"{type(self).__name__}({self.eta0}, per={self.per!r})"
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
 
     def __call__(self, t: int) -> float:
         """η at counter value t (for tests and plots)."""
@@ -54,7 +65,11 @@ class InverseTime(Schedule):
 
 
 class LinearDecay(Schedule):
-    """η_t = (1 − t/T) η0 + (t/T) η∞ for t ≤ T, then η∞."""
+    """η_t = (1 − t/T) η0 + (t/T) η∞ for t ≤ T, then η∞ (the course's strategy #2).
+
+    With t counted from 1, the first epoch (or step) already moves 1/T of the way to η∞,
+    which is reached at t = T and kept afterwards.
+    """
 
     def __init__(self, eta0: float, eta_inf: float, T: int, per: str = "epoch") -> None:
         super().__init__(eta0, per)
@@ -62,11 +77,13 @@ class LinearDecay(Schedule):
         self.T = int(T)
         if self.T <= 0:
             raise GraphError("LinearDecay: T must be a positive number of epochs or steps")
+        if self.eta_inf < 0:
+            raise GraphError(f"LinearDecay: eta_inf must be >= 0, got {eta_inf}")
 
     def expr(self) -> sp.Expr:
-        frac = T / sp.Integer(self.T)
+        alpha = T / sp.Integer(self.T)
         return sp.Piecewise(
-            ((1 - frac) * ETA0 + frac * sp.Float(self.eta_inf), T <= self.T),
+            ((1 - alpha) * ETA0 + alpha * sp.Float(self.eta_inf), T <= self.T),
             (sp.Float(self.eta_inf), True),
         )
 
@@ -80,6 +97,10 @@ class StepDecay(Schedule):
         super().__init__(eta0, per)
         self.gamma = float(gamma)
         self.every = int(every)
+        if not self.gamma > 0 or self.every <= 0:
+            raise GraphError(
+                f"StepDecay: gamma must be > 0 and every a positive count, got {gamma}, {every}"
+            )
 
     def expr(self) -> sp.Expr:
         return ETA0 * sp.Float(self.gamma) ** sp.floor((T - 1) / sp.Integer(self.every))
@@ -92,6 +113,8 @@ class Cosine(Schedule):
         super().__init__(eta0, per)
         self.T = int(T)
         self.eta_min = float(eta_min)
+        if self.T <= 0 or self.eta_min < 0:
+            raise GraphError(f"Cosine: T must be positive and eta_min >= 0, got {T}, {eta_min}")
 
     def expr(self) -> sp.Expr:
         lo = sp.Float(self.eta_min)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jinja2
+import jinja2.meta
 import sympy as sp
 
 from graphc.codegen.printer import CPrinter, cse_block
@@ -19,6 +20,7 @@ from graphc.kernels import (
     Dim,
     ElementwiseKernel,
     GemmKernel,
+    GradNormKernel,
     Kernel,
     LossKernel,
     ReduceKernel,
@@ -63,6 +65,7 @@ class Target:
     real: str = "float"
     template_dir: str = "c"
     parallel_for: str = "#pragma omp for schedule(static)"
+    single: str = "#pragma omp single"
 
 
 def dim_text(d: Dim) -> str:
@@ -129,12 +132,18 @@ class KernelContexts:
         ctx["comment"] = kernel.comment.replace("*/", "* /")
         ctx["template"] = f"{self.target.template_dir}/{kernel.template}.c.j2"
         ctx["parallel_for"] = self.target.parallel_for
+        ctx["single"] = self.target.single
         ctx["real"] = self.target.real
         return ctx
 
     def model_value(self, name: str) -> str:
         """C expression of a per-step model value a kernel takes as an argument."""
-        values = {"lr": f"({self.target.real})m->lr_now", "t": "(double)m->step"}
+        values = {
+            "lr": f"({self.target.real})m->lr_now",
+            "t": "(double)m->step",
+            "step": "(uint64_t)m->step",
+            "seed": "m->seed",
+        }
         return values[name]
 
     def _value(self, access: Access, variables: tuple[str, ...]) -> str:
@@ -148,9 +157,23 @@ class KernelContexts:
         subs = {
             operand_symbol(i): sp.Symbol(self._value(a, variables)) for i, a in enumerate(operands)
         }
+        # an in-place update (optimizer state) reads what it writes: load those elements
+        # into locals before the first store, so every expression sees the values at entry
+        written = {owner(a.target.tensor) for a in assigns}
+        taken = {owner(a.tensor) for a in operands} | written
+        loads = []
+        for i, a in enumerate(operands):
+            if owner(a.tensor) in written and a.onehot is None:
+                local = f"{owner(a.tensor)}_old"
+                while local in taken:
+                    local += "_"
+                taken.add(local)
+                loads.append((local, self._value(a, variables)))
+                subs[operand_symbol(i)] = sp.Symbol(local, real=True)
         subs.update(extra or {})
         exprs = [a.expr.xreplace(subs) for a in assigns]
         temps, results = cse_block(exprs, self.printer)
+        temps = loads + temps
         stores = [
             (f"{owner(a.target.tensor)}[{index_text(variables, a.target.strides)}]", text, a.label)
             for a, text in zip(assigns, results)
@@ -239,6 +262,16 @@ class KernelContexts:
             "scale": scale,
         }
 
+    def _grad_norm(self, k: GradNormKernel) -> dict[str, Any]:
+        params, args = signature(k, self.target.real, False)
+        return {
+            "params": params,
+            "args": args,
+            "grads": [(owner(t), t.per_sample) for t in k.grads],
+            "max_norm": repr(float(k.max_norm)),
+            "scale": owner(k.scale),
+        }
+
     def _softmax(self, k: SoftmaxKernel) -> dict[str, Any]:
         params, args = signature(k, self.target.real, k.rows.batched)
         p = self.printer
@@ -303,24 +336,34 @@ def template_variables(env: jinja2.Environment, name: str) -> set[str]:
     return jinja2.meta.find_undeclared_variables(env.parse(source))
 
 
-def _program_context(plan, program, env_contexts: KernelContexts) -> dict[str, Any]:
-    """Locals (arena pointers) and kernel calls of one program function."""
-    real = env_contexts.target.real
-    memory = plan.memory
+def _program_context(plan, program, contexts: KernelContexts, place=None) -> dict[str, Any]:
+    """Locals (pointers into memory) and kernel calls of one program function.
+
+    ``place(tensor)`` gives (pointer type, initializer) of a local; by default every
+    tensor lives in the model's arena at its planned offset.
+    """
+    real = contexts.target.real
     input_names = {t.name for t in program.inputs}
+
+    def arena_place(t: Tensor) -> tuple[str, str]:
+        ctype = c_type(t, real)
+        offset = plan.memory.offset(program.name, owner(t))
+        return ctype, f"({ctype} *)(arena + {offset})"
+
+    place = place or arena_place
     used: dict[str, Tensor] = {}
     calls = []
     for kernel in program.kernels:
-        ctx = env_contexts.context(kernel)
+        ctx = contexts.context(kernel)
         for t in reads(kernel) + writes(kernel):
             if owner(t) not in input_names:
                 used.setdefault(owner(t), t)
         calls.append(f"{kernel.name}({ctx['args']});")
     local_vars = []
     for name, t in used.items():
-        offset = memory.offset(program.name, name)
         dims = ", ".join((["batch"] if t.batched else []) + [str(s) for s in t.shape])
-        local_vars.append((c_type(t, real), name, offset, f"{t.label} ({dims})"))
+        ctype, init = place(t)
+        local_vars.append((ctype, name, init, f"{t.label} ({dims})"))
     params = ", ".join(f"const {c_type(t, real)} *restrict {t.name}" for t in program.inputs)
     return {
         "name": program.name,
@@ -332,11 +375,22 @@ def _program_context(plan, program, env_contexts: KernelContexts) -> dict[str, A
     }
 
 
-def render_model(plan) -> tuple[str, str, str]:
-    """(C source, header, cffi cdef) of a model."""
+def lr_text(plan, printer: CPrinter, counter: str | None = None) -> str | None:
+    """The C expression of this step's learning rate (the schedule of t), or None."""
     from graphc.schedules import ETA0
     from graphc.schedules import T as COUNTER
 
+    if plan.lr is None:
+        return None
+    if counter is None:
+        counter = "(double)m->step" if plan.lr_per == "step" else "(double)(m->epoch + 1)"
+    return printer.doprint(
+        plan.lr.xreplace({ETA0: sp.Symbol("m->lr"), COUNTER: sp.Symbol(counter)})
+    )
+
+
+def render_model(plan) -> tuple[str, str, str]:
+    """(C source, header, cffi cdef) of a model."""
     env = environment()
     real = "float" if plan.dtype == "float32" else "double"
     target = Target(real=real)
@@ -350,13 +404,10 @@ def render_model(plan) -> tuple[str, str, str]:
             seen.add(kernel.name)
             kernels_text.append(render_kernel(env, contexts.context(kernel)))
     programs = {p.name: _program_context(plan, p, contexts) for p in plan.programs}
-    printer = contexts.printer
-    counter = "(double)m->step" if plan.lr_per == "step" else "(double)(m->epoch + 1)"
-    lr_text = None
-    if plan.lr is not None:
-        lr_text = printer.doprint(
-            plan.lr.xreplace({ETA0: sp.Symbol("m->lr"), COUNTER: sp.Symbol(counter)})
-        )
+    for p in programs.values():
+        p.update(head=f"{plan.name}_model *m", arena="m->arena")
+        p["doc"] += " Every thread of the team runs this function; each kernel shares out its loop."
+    lr_expr = lr_text(plan, contexts.printer)
     persistent = []
     for pp in plan.params:
         persistent.append(pp.param)
@@ -398,11 +449,12 @@ def render_model(plan) -> tuple[str, str, str]:
         "kernels": kernels_text,
         "programs": programs,
         "tensors": [(t.name, plan.memory.persistent[t.name], t.label) for t in persistent],
+        # keyed by the input's C name, which the entry points use (a label may need renaming)
         "slots": {
-            t.label[len("batch of ") :]: (t.name, plan.memory.persistent[t.name])
-            for t in plan.slots
+            x.name: (t.name, plan.memory.persistent[t.name])
+            for x, t in zip(plan.inputs, plan.slots)
         },
-        "lr_expr": lr_text,
+        "lr_expr": lr_expr,
         "rows_per_sample": plan.rows_per_sample,
     }
     declarations = env.get_template("c/api.h.j2").render(**api)

@@ -10,6 +10,14 @@ C_KEYWORDS = frozenset(
     typedef union unsigned void volatile while _Bool _Complex _Imaginary bool true false
     main exp log sqrt pow tanh fabs fmax fmin n m i j k r c acc""".split()
 )
+#: identifiers the templates declare themselves (loop variables, locals, parameters); a
+#: tensor of the same name would be shadowed by, or clash with, them
+TEMPLATE_LOCALS = frozenset(
+    """l p q t lr bc1 bc2 sum total hits top lse scale best truth tile ctx r0 nr c0 nc arena
+    memory loss correct count start row perm seed shuffle right step epoch threads index
+    norm kept binary argc argv a v""".split()
+)
+_TEMPORARY = re.compile(r"^t\d+$")  # common-subexpression temporaries are t0, t1, ...
 
 
 def sanitize(name: str) -> str:
@@ -17,7 +25,12 @@ def sanitize(name: str) -> str:
     text = re.sub(r"[^A-Za-z0-9_]", "_", name)
     if not text or text[0].isdigit():
         text = "t_" + text
-    if text in C_KEYWORDS or text.startswith("gc_"):
+    if (
+        text in C_KEYWORDS
+        or text in TEMPLATE_LOCALS
+        or _TEMPORARY.match(text)
+        or text.startswith("gc_")
+    ):
         text = "v_" + text
     return text
 

@@ -19,7 +19,8 @@ class CPrinter(C99CodePrinter):
         base, exp = expr.base, expr.exp
         if exp.is_Integer and 2 <= int(exp) <= 4:
             b = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Mul"])
-            return "*".join([b] * int(exp))
+            # parenthesized: sympy prints a Pow in a denominator unbracketed (a/(s*s), not a/s*s)
+            return "(" + "*".join([b] * int(exp)) + ")"
         if exp == -1:
             one = self._print(sp.Float(1.0))
             return f"{one}/{self.parenthesize(base, sp.printing.precedence.PRECEDENCE['Pow'])}"
@@ -36,6 +37,13 @@ class CPrinter(C99CodePrinter):
         for value, cond in reversed(pieces):
             text = f"(({self._print(cond)}) ? ({self._print(value)}) : ({text}))"
         return text
+
+    def _print_BooleanTrue(self, expr: sp.Basic) -> str:
+        # C99 spells true as 1 unless <stdbool.h> is included (conditions fold to it)
+        return "1"
+
+    def _print_BooleanFalse(self, expr: sp.Basic) -> str:
+        return "0"
 
     def _print_Relational(self, expr: sp.Basic) -> str:
         lhs, rhs = self._print(expr.lhs), self._print(expr.rhs)

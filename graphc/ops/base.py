@@ -22,6 +22,13 @@ class Op:
     name = "op"
     #: why differentiating through this op is impossible (None when it is fine)
     not_differentiable: str | None = None
+    #: whether its kernel ends in a pass over its output that can also compute the
+    #: elementwise nodes after it (its ``lower`` then uses ``low.output_pass(node)``)
+    absorbs_elementwise: bool = False
+    #: whether its value is a further output of the kernel computing its first input (a
+    #: multi-output kernel): it gets no kernel; that op's ``lower`` writes it, found with
+    #: ``low.companions(producer)``
+    written_by_input: bool = False
 
     def grad_inputs(self, node: Node) -> tuple[int, ...]:
         """Indices of the inputs δ can flow into (the others are read, not differentiated)."""
@@ -30,6 +37,10 @@ class Op:
     def adjoint(self, node: Node, delta: Node, ad: "Adjoints") -> dict[int, Node]:
         """Backward nodes for each input that needs a gradient."""
         raise GraphError(f"op {self.name!r} of node {node.name!r} has no adjoint")
+
+    def flops(self, node: Node) -> int:
+        """Floating-point operations per sample of the forward value (for summaries)."""
+        return node.size
 
     def lower(self, node: Node, low: Any) -> Any:
         """The kernel record computing ``node`` (``low`` is a passes.fuse.Lowering)."""
@@ -51,6 +62,9 @@ class Leaf(Op):
 
     def adjoint(self, node: Node, delta: Node, ad: "Adjoints") -> dict[int, Node]:
         return {}
+
+    def flops(self, node: Node) -> int:
+        return 0
 
     def formula(self, node: Node, args: list[str]) -> str:
         return node.name

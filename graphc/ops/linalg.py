@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from graphc.errors import ShapeError
-from graphc.graph import Graph, Node, shape_str
+from graphc.graph import Graph, Node, shape_str, user_line
 from graphc.ops.base import Op, as_node, make_node, same_graph
 
 if TYPE_CHECKING:
@@ -39,18 +39,19 @@ class MatMul(Op):
     def __repr__(self) -> str:
         return f"<op matmul{'_t' if self.trans_a else ''}{'_nt' if self.trans_b else ''}>"
 
-    def infer(self, a: Node, b: Node) -> tuple[tuple[int, ...], bool]:
-        """Output shape and batchedness, or a ShapeError naming both operands."""
+    def infer(self, a: Node, b: Node, what: str = "matmul") -> tuple[tuple[int, ...], bool]:
+        """Output shape and batchedness, or a ShapeError naming both operands and the line."""
+        at = f" (at {user_line()})"
         a_rows, a_cols = matrix_dims(a)
         b_rows, b_cols = matrix_dims(b)
         if b.batched and not self.trans_a:
             raise ShapeError(
-                f"matmul: the right operand {b.name!r} {shape_str(b)} has a batch axis; "
-                "use a parameter (an unbatched matrix) on the right"
+                f"{what}: the right operand {b.name!r} {shape_str(b)} has a batch axis; "
+                "use a parameter (an unbatched matrix) on the right" + at
             )
         if self.trans_a:
             if a.batched != b.batched or (a.batched and a.shape[:-1] != b.shape[:-1]):
-                raise ShapeError(f"matmul_t: rows of {a.name!r} and {b.name!r} differ")
+                raise ShapeError(f"{what}: rows of {a.name!r} and {b.name!r} differ" + at)
             k_a = a_cols
             inner_ok = True
         else:
@@ -58,18 +59,25 @@ class MatMul(Op):
             inner_ok = (b_cols if self.trans_b else b_rows) == k_a
         if len(b.shape) != 2 and not self.trans_a:
             raise ShapeError(
-                f"matmul: the right operand {b.name!r} must be a 2-D matrix, got {shape_str(b)}"
+                f"{what}: the right operand {b.name!r} must be a 2-D matrix, got "
+                f"{shape_str(b)}" + at
             )
         if not inner_ok:
             expected = f"({k_a}, ...)" if not self.trans_b else f"(..., {k_a})"
             raise ShapeError(
-                f"matmul: inner sizes differ: {a.name!r} {shape_str(a)} has {k_a} columns but "
-                f"{b.name!r} has shape {shape_str(b)}; expected {b.name!r} of shape {expected}"
+                f"{what}: inner sizes differ: {a.name!r} {shape_str(a)} has {k_a} columns but "
+                f"{b.name!r} has shape {shape_str(b)}; expected {b.name!r} of shape {expected}" + at
             )
         if self.trans_a:
             return (k_a, b_cols), False
         out_cols = b_rows if self.trans_b else b_cols
         return a.shape[:-1] + (out_cols,), a.batched
+
+    def flops(self, node: Node) -> int:
+        # one multiply and one add per term of every output element
+        a = node.inputs[0]
+        inner = a.shape[-1] if not self.trans_a else (a.size // a.shape[-1])
+        return 2 * node.size * inner
 
     def adjoint(self, node: Node, delta: Node, ad: "Adjoints") -> dict[int, Node]:
         a, b = node.inputs
@@ -111,7 +119,7 @@ def make_matmul(
 ) -> Node:
     """Build a matmul node (any transposition) in ``graph``."""
     op = MatMul(trans_a, trans_b)
-    shape, batched = op.infer(a, b)
+    shape, batched = op.infer(a, b, "matmul" if name is None else f"matmul {name!r}")
     graph = graph or same_graph([a, b], "matmul")
     return make_node(graph, op, [a, b], shape, batched, name, "matmul", attrs=attrs)
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import sympy as sp
 
 from graphc.errors import GraphError, ShapeError
-from graphc.graph import Node, shape_str
+from graphc.graph import Node, user_line
 from graphc.kernels import LossKernel
 from graphc.ops.base import Op, as_node, make_node, same_graph
 from graphc.ops.elementwise import ELEMENTWISE, activate
@@ -128,7 +128,9 @@ class Loss(Op):
         onehot = target.op is ONE_HOT
         target_tensor = low.table(target.inputs[0] if onehot else target)
         logits = low.table(low.source(node, 2)) if kind.from_logits else None
-        rows, cols = matrix_dims(pred)
+        # rows and classes come from the prediction as the loss sees it (a reshape view
+        # may share the memory of a node of another shape)
+        rows, cols = matrix_dims(low.resolved(node, 0))
         row_loss = low.table.scratch(f"{node.name}_rows", (rows,), True)
         return LossKernel(
             low.table.namer(f"k_{node.name}"),
@@ -183,17 +185,18 @@ def one_hot(labels: Node, classes: int, name: str | None = None) -> Node:
 
 
 def _target(pred: Node, target: Node, kind: LossKind) -> Node:
+    at = f" (at {user_line()})"
     if target.dtype == "int32":
         if kind.accuracy == "argmax" and target.shape == pred.shape[:-1]:
             return one_hot(target, pred.shape[-1])
         raise ShapeError(
             f"{kind.name}: integer labels {target.describe()} must have the prediction's shape "
-            f"without its last axis, {pred.shape[:-1]}, for a prediction {shape_str(pred)}"
+            f"without its last axis, {pred.shape[:-1]}, for the prediction {pred.describe()}" + at
         )
     if target.shape != pred.shape or not target.batched:
         raise ShapeError(
-            f"{kind.name}: target {target.describe()} must have the prediction's shape "
-            f"{shape_str(pred)}"
+            f"{kind.name}: target {target.describe()} must have the shape of the prediction "
+            f"{pred.describe()}" + at
         )
     return target
 

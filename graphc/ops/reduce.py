@@ -37,7 +37,8 @@ class ReduceTo(Op):
         return {0: spread}
 
     def lower(self, node: Node, low) -> ReduceKernel:
-        src = low.source(node, 0)
+        # the operand as seen (a reshape view has its own shape), in its owner's memory
+        src = low.resolved(node, 0)
         dims = full_shape(src.shape, src.batched)
         varies = [1 if s > 1 else 0 for s in node.shape]
         if node.batched:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from graphc.errors import ShapeError
-from graphc.graph import Graph, Node, shape_str
+from graphc.graph import Graph, Node, shape_str, user_line
 from graphc.ops.base import Op, as_node, make_node
 
 if TYPE_CHECKING:
@@ -42,7 +42,8 @@ def reshape(
         size *= s
     if size != x.size:
         raise ShapeError(
-            f"reshape: {x.describe()} has {x.size} elements per sample, shape {shape} has {size}"
+            f"reshape: {x.describe()} has {x.size} elements per sample, shape {shape} has {size} "
+            f"(at {user_line()})"
         )
     if shape == x.shape:
         return x

@@ -4,12 +4,14 @@ Assumes: ``schedule`` lists nodes in a valid execution order and ``rep`` maps ev
 to its common-subexpression representative.  Guarantees: every node in ``keep`` and every
 value read by a later kernel is materialized in a tensor; elementwise chains are fused
 into one loop, and into the epilogue of the matrix product that feeds them (bias +
-activation in the forward pass, f'(·) ⊙ (δ · Wᵀ) in the backward pass).
+activation in the forward pass, f'(·) ⊙ (δ · Wᵀ) in the backward pass), or into the
+output pass of an op with ``absorbs_elementwise`` (convolution, pooling: see
+``Lowering.output_pass``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import sympy as sp
 
@@ -52,6 +54,7 @@ class TensorTable:
         self.rep = rep
         self.grad_of = {g: p for p, g in grads.items()}
         self._tensors: dict[Node, Tensor] = {}
+        self._kernels: dict[str, Kernel] = {}
 
     def base(self, node: Node) -> Node:
         """Follow CSE and reshape views to the node that owns the memory."""
@@ -102,6 +105,20 @@ class TensorTable:
         """A named work buffer that belongs to no node."""
         return Tensor(self.namer(name), name, "real", shape, batched, "act")
 
+    def distinct(self, kernel: Kernel) -> Kernel:
+        """``kernel``, renamed when another program already has a different kernel of its name.
+
+        The same group can lower differently per program (training keeps more members),
+        and codegen emits one function per kernel name.
+        """
+        candidate, k = kernel, 1
+        while True:
+            known = self._kernels.setdefault(candidate.name, candidate)
+            if known == candidate:
+                return candidate
+            k += 1
+            candidate = replace(kernel, name=self.namer(f"{kernel.name}.{k}"))
+
 
 @dataclass
 class _Group:
@@ -119,41 +136,58 @@ def _full_shape(node: Node) -> list[Dim]:
 
 
 def _masks(out: Node, operand: Node, onehot: bool) -> list[int]:
-    """Per output axis: 1 where the operand varies, 0 where it is broadcast, 2 = class axis."""
-    out_dims = _full_shape(out)
-    if onehot:
-        labels = operand.inputs[0]
-        own = _full_shape(labels)
-        pad = len(out_dims) - 1 - len(own)
-        masks = [0] * pad + [1 if d.batched or d.coef > 1 else 0 for d in own] + [2]
-        return masks
-    own = _full_shape(operand)
-    pad = len(out_dims) - len(own)
-    return [0] * pad + [1 if (d.batched or d.coef > 1) else 0 for d in own]
+    """Per output axis: 1 where the operand varies, 0 where it is broadcast, 2 = class axis.
+
+    Per-sample axes align from the right; a batched operand's batch axis aligns with the
+    output's batch axis, however few per-sample axes the operand has.
+    """
+    source = operand.inputs[0] if onehot else operand
+    per_sample = [1 if s > 1 else 0 for s in source.shape] + ([2] if onehot else [])
+    pad = [0] * (len(out.shape) - len(per_sample))
+    if not out.batched:
+        return pad + per_sample
+    return [1 if source.batched else 0] + pad + per_sample
 
 
 _strides_for = strides_for
 
 
 class Lowering:
-    """Builds the kernels of one program (training step or inference)."""
+    """Builds the kernels of one program (training step or inference).
 
-    def __init__(self, schedule: list[Node], keep: set[Node], table: TensorTable) -> None:
+    ``training`` says which kind of program it is: True for the gradient and training
+    programs, False for evaluation and inference.  Ops whose meaning differs between the
+    two (dropout) read it in their ``lower``.
+    """
+
+    def __init__(
+        self, schedule: list[Node], keep: set[Node], table: TensorTable, training: bool = False
+    ) -> None:
         self.table = table
+        self.training = training
+        #: group root -> (group, materialized members), for ops that fuse a chain after them
+        self._fused: dict[Node, tuple[_Group, list[Node]]] = {}
         self.rep = table.rep
         self.nodes: list[Node] = []
+        self._companions: dict[Node, list[Node]] = {}
         seen: set[Node] = set()
         for node in schedule:
             r = self.rep.get(node, node)
             if r in seen or r.op in (INPUT, PARAM, CONST, RESHAPE, ONE_HOT):
                 continue
             seen.add(r)
+            if r.op.written_by_input:
+                self._companions.setdefault(self.source(r, 0), []).append(r)
+                continue
             self.nodes.append(r)
         self.keep = {table.base(k) if k.op is RESHAPE else self.rep.get(k, k) for k in keep}
         self.consumers: dict[Node, set[Node]] = {}
         for node in self.nodes:
             for x in self._read(node):
                 self.consumers.setdefault(x, set()).add(node)
+        # a producer is materialized when only its companions are read
+        for producer, outputs in self._companions.items():
+            self.consumers.setdefault(producer, set()).update(outputs)
 
     def _read(self, node: Node) -> list[Node]:
         """The memory-owning nodes a node reads (through CSE and reshape views)."""
@@ -179,6 +213,9 @@ class Lowering:
                 groups.append(target)
             target.members.append(node)
             group_of[node] = target
+            # further outputs of its kernel exist once that kernel ran
+            for companion in self._companions.get(node, ()):
+                group_of[companion] = target
         return groups
 
     def _join_target(self, node: Node, group_of: dict[Node, _Group]) -> _Group | None:
@@ -186,7 +223,9 @@ class Lowering:
         for x in node.inputs:
             x = self.rep.get(x, x)
             g = group_of.get(x)
-            if g is None or not (g.root.op is ELEMENTWISE or g.is_gemm):
+            if g is None or not (
+                g.root.op is ELEMENTWISE or g.is_gemm or g.root.op.absorbs_elementwise
+            ):
                 continue
             if g.root.shape != node.shape or g.root.batched != node.batched:
                 continue
@@ -228,6 +267,10 @@ class Lowering:
         x = node.inputs[i]
         return self.table.base(self.rep.get(x, x))
 
+    def companions(self, node: Node) -> list[Node]:
+        """The scheduled nodes whose values the kernel of ``node`` also writes (in order)."""
+        return list(self._companions.get(node, ()))
+
     def resolved(self, node: Node, i: int) -> Node:
         """Input ``i`` of ``node`` after common-subexpression elimination."""
         x = node.inputs[i]
@@ -237,6 +280,43 @@ class Lowering:
         """'name = formula' with inputs named after their CSE representatives."""
         names = [self.rep.get(x, x).name for x in node.inputs]
         return f"{node.name} = {node.op.formula(node, names)}"
+
+    def fused(self, node: Node) -> list[Node]:
+        """The elementwise nodes fused after ``node`` into its kernel (in execution order)."""
+        group, _ = self._fused[node]
+        return group.members[1:]
+
+    def output_pass(self, node: Node) -> Epilogue:
+        """What the kernel of ``node`` stores at each element of ``node``, given its value ``acc``.
+
+        For an op with ``absorbs_elementwise``: ``node`` itself when it is read elsewhere,
+        and each fused elementwise node that is.  Operand and target strides run over
+        ``node``'s axes, the batch first (``full_shape(node.shape, node.batched)``).
+        """
+        group, materialized = self._fused[node]
+        dims = _full_shape(node)
+        accesses: list[Access] = []
+        symbols: dict[tuple[Node, bool], sp.Symbol] = {}
+
+        def operand_of(member: Node, x: Node) -> sp.Symbol:
+            onehot = x.op is ONE_HOT
+            if (x, onehot) not in symbols:
+                masks = _masks(node, x, onehot)
+                symbols[(x, onehot)] = operand_symbol(len(accesses))
+                if onehot:
+                    strides = _strides_for(dims, [m if m != 2 else 0 for m in masks])
+                    tensor = self.table(x.inputs[0])
+                    accesses.append(Access(tensor, tuple(strides), onehot=len(dims) - 1))
+                else:
+                    accesses.append(Access(self.table(x), tuple(_strides_for(dims, masks))))
+            return symbols[(x, onehot)]
+
+        values = self._expressions(group, operand_of)
+        strides = tuple(_strides_for(dims, [1] * len(dims)))
+        assigns = tuple(
+            Assign(Access(self.table(m), strides), values[m], m.name) for m in materialized
+        )
+        return Epilogue(tuple(accesses), assigns)
 
     def kernels(self) -> list[Kernel]:
         """The program's kernels in execution order."""
@@ -258,14 +338,15 @@ class Lowering:
             elif op is ELEMENTWISE:
                 result.append(self._elementwise(g, materialized))
             else:
+                self._fused[g.root] = (g, materialized)
                 result.append(op.lower(g.root, self))
-        return result
+        return [self.table.distinct(k) for k in result]
 
     def _expressions(self, g: _Group, operand_of) -> dict[Node, sp.Expr]:
         """Each member's value as an expression of operand symbols (and ``acc``)."""
         values: dict[Node, sp.Expr] = {}
         for m in g.members:
-            if m is g.root and g.is_gemm:
+            if m is g.root and m.op is not ELEMENTWISE:
                 values[m] = ACC
                 continue
             mapping = {}
@@ -340,9 +421,11 @@ class Lowering:
     def _gemm(self, g: _Group, materialized: list[Node]) -> GemmKernel:
         root = g.root
         op: MatMul = root.op
-        a, b = (self.table.base(self.rep.get(x, x)) for x in root.inputs)
-        a_rows, a_cols = matrix_dims(a)
-        b_rows, b_cols = matrix_dims(b)
+        # matrix sizes come from the operands as seen (a flatten view), memory from their owners
+        a_view, b_view = (self.rep.get(x, x) for x in root.inputs)
+        a, b = self.table.base(a_view), self.table.base(b_view)
+        a_rows, a_cols = matrix_dims(a_view)
+        b_rows, b_cols = matrix_dims(b_view)
         a_rdim = Dim(a_rows, a.batched)
         if op.trans_a:
             m, k = Dim(a_cols), a_rdim

@@ -1,0 +1,137 @@
+"""Memory planning (graphc/passes/memory.py): one arena, transient tensors share it safely."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import graphc as gc
+from graphc.compiler import plan_model
+from graphc.kernels import reads, writes
+from graphc.passes.memory import ALIGN, intervals, place
+
+
+def _aligned(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _mlp(widths: list[int], activations: list[str], skip: bool) -> gc.Graph:
+    g = gc.Graph("mem")
+    x = g.input("x", widths[0])
+    y = g.input("y", (), dtype="int32")
+    h = x
+    previous = None
+    for k, (width, act) in enumerate(zip(widths[1:], activations)):
+        out = gc.dense(h, width, activation=act, name=f"layer{k}")
+        if skip and previous is not None and previous.shape == out.shape:
+            out = out + previous  # a residual connection: one more consumer, δ accumulation
+        previous, h = h, out
+    logits = gc.dense(h, 3, name="logits")
+    g.output("logits", logits)
+    g.minimize(gc.softmax_cross_entropy(logits, y))
+    return g
+
+
+def check_plan(plan) -> None:
+    """No two tensors alive at once share a byte; everything fits the arena; arena <= Σ sizes."""
+    memory = plan.memory
+    persistent = sorted(
+        (offset, memory.sizes[name], name) for name, offset in memory.persistent.items()
+    )
+    for (o1, s1, n1), (o2, _, n2) in zip(persistent, persistent[1:]):
+        assert o1 + s1 <= o2, f"persistent {n1} and {n2} overlap"
+    if persistent:
+        assert persistent[-1][0] + persistent[-1][1] <= memory.persistent_bytes
+    for program in plan.programs:
+        spans = intervals(list(program.kernels), set(program.keep))
+        offsets = memory.transient[program.name]
+        assert set(spans) == set(offsets)
+        names = sorted(spans)
+        for name in names:
+            offset = offsets[name]
+            assert offset % ALIGN == 0
+            assert offset >= memory.persistent_bytes, f"{name} overlaps the persistent tensors"
+            assert offset + memory.sizes[name] <= memory.arena_bytes
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                (a0, a1), (b0, b1) = spans[a], spans[b]
+                if a1 < b0 or b1 < a0:
+                    continue  # never alive together
+                lo_a, hi_a = offsets[a], offsets[a] + memory.sizes[a]
+                lo_b, hi_b = offsets[b], offsets[b] + memory.sizes[b]
+                assert hi_a <= lo_b or hi_b <= lo_a, (
+                    f"{program.name}: {a} {spans[a]} at [{lo_a}, {hi_a}) and {b} {spans[b]} "
+                    f"at [{lo_b}, {hi_b}) are alive together and overlap"
+                )
+        # every tensor a kernel touches is either persistent, an input, or planned here
+        for kernel in program.kernels:
+            for t in reads(kernel) + writes(kernel):
+                owner = t.alias_of or t.name
+                assert owner in memory.persistent or owner in offsets or t.role == "input", (
+                    f"{kernel.name}: {owner} has no place in the arena"
+                )
+    # with 64-byte alignment per tensor, the bound is the sum of aligned sizes
+    total = sum(_aligned(size) for size in memory.sizes.values())
+    assert memory.arena_bytes <= total
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    widths=st.lists(st.integers(1, 9), min_size=2, max_size=5),
+    activations=st.lists(
+        st.sampled_from(["tanh", "relu", "sigmoid", "softplus"]), min_size=5, max_size=5
+    ),
+    skip=st.booleans(),
+    batch=st.integers(1, 17),
+    dtype=st.sampled_from(["float32", "float64"]),
+)
+def test_random_mlps_plan_safely(widths, activations, skip, batch, dtype):
+    plan, _ = plan_model(_mlp(widths, activations, skip), batch, dtype, gc.Adam())
+    check_plan(plan)
+
+
+@pytest.mark.parametrize("depth", [1, 3, 6])
+def test_deep_networks_reuse_memory(depth):
+    widths = [7] + [5] * depth
+    plan, _ = plan_model(_mlp(widths, ["tanh"] * depth, False), 16, "float32", gc.SGD(0.1))
+    check_plan(plan)
+    memory = plan.memory
+    transient_total = sum(
+        _aligned(size) for name, size in memory.sizes.items() if name not in memory.persistent
+    )
+    peak = memory.arena_bytes - memory.persistent_bytes
+    assert peak == max(memory.transient_peak.values())
+    if depth >= 3:
+        assert peak < transient_total, "activations of a deep net should share memory"
+
+
+def test_kernel_counts_of_a_two_layer_mlp():
+    """Bias and activation fuse into the GEMM; δ = f'(·)(δ·Wᵀ) fuses into the backward GEMM."""
+    g = gc.Graph("counts")
+    x = g.input("x", 3)
+    y = g.input("y", 7)
+    h = gc.dense(x, 5, activation="tanh", name="hidden")
+    out = gc.dense(h, 7, activation="sigmoid", name="out")
+    g.output("out", out)
+    g.minimize(gc.mse(out, y))
+    plan, _ = plan_model(g, 8, "float32", gc.SGD(0.1))
+    programs = {p.name: p for p in plan.programs}
+    assert len(programs["infer"].kernels) == 2  # two GEMMs with epilogues
+    assert len(programs["eval"].kernels) == 3  # + the loss
+    # grad: 2 forward GEMMs (the output's epilogue also computes δ_out), loss, δ_hidden GEMM,
+    # 2 weight-gradient GEMMs and 2 bias reductions
+    assert len(programs["grad"].kernels) == 8
+    assert len(programs["train"].kernels) == 8 + 4  # + one update per parameter
+    check_plan(plan)
+
+
+def test_place_by_hand():
+    sizes = {"a": 100, "b": 64, "c": 64, "d": 200}
+    spans = {"a": (0, 1), "b": (1, 2), "c": (2, 3), "d": (3, 4)}
+    offsets, peak = place(sizes, spans)
+    # a and b overlap in time (kernel 1), c may reuse a's bytes, d may reuse a's and b's
+    assert offsets["a"] + 100 <= offsets["b"] or offsets["b"] + 64 <= offsets["a"]
+    assert offsets["b"] + 64 <= offsets["c"] or offsets["c"] + 64 <= offsets["b"]
+    assert peak <= _aligned(100) + _aligned(64) + _aligned(200)
+    assert peak == max(_aligned(offsets[n] + sizes[n]) for n in sizes)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Install the Debian packages the full test suite uses (a C compiler, clang for the
-# second-compiler checks). Needs root and apt-get; elsewhere it says what is missing.
+# Install the Debian packages the full test suite uses: a C compiler, clang for the
+# second-compiler checks, ARM cross compilers and qemu-user for the embedded export
+# checks. Needs root and apt-get; elsewhere it says what is missing (those tests skip).
 set -euo pipefail
-packages=(gcc clang make)
+packages=(gcc clang make cmake gcc-arm-none-eabi gcc-arm-linux-gnueabihf qemu-user graphviz)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

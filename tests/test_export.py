@@ -1,0 +1,195 @@
+"""Embedded export: standalone C99 builds with gcc/clang/ARM, matching model.predict."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import graphc as gc
+
+STRICT = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return data.data / 16.0, data.target
+
+
+@pytest.fixture(scope="module")
+def trained():
+    X, Y = _digits()
+    g = gc.Graph("digits")
+    x = g.input("x", (64,))
+    y = g.input("y", (), dtype="int32")
+    h = gc.dense(x, 32, activation="tanh", name="hidden")
+    logits = gc.dense(h, 10, name="out")
+    g.output("probs", gc.softmax(logits))
+    g.minimize(gc.softmax_cross_entropy(logits, y))
+    model = gc.compile(g, batch_size=32, optimizer=gc.SGD(lr=0.1), seed=0)
+    model.fit(X[:1000], Y[:1000], epochs=5)
+    return model, X[1000:1200], Y[1000:1200]
+
+
+def _build(directory: str, cc: str, extra: list[str] | None = None, static: bool = False) -> str:
+    exe = os.path.join(directory, f"digits-{os.path.basename(cc)}")
+    cmd = [
+        cc,
+        *STRICT,
+        *(extra or []),
+        "-o",
+        exe,
+        *(os.path.join(directory, f) for f in ("main.c", "digits.c", "digits_weights.c")),
+        "-lm",
+    ]
+    if static:
+        cmd.insert(1, "-static")
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return exe
+
+
+def _run(command: list[str], rows: np.ndarray, env: dict | None = None) -> np.ndarray:
+    text = "\n".join(" ".join(f"{v:.9g}" for v in row) for row in rows)
+    out = subprocess.run(command, input=text, capture_output=True, text=True, check=True, env=env)
+    return np.array([[float(v) for v in line.split()] for line in out.stdout.strip().splitlines()])
+
+
+def test_export_files_and_header(trained, tmp_path):
+    model, _, _ = trained
+    result = model.export(str(tmp_path))
+    for name in (
+        "digits.h",
+        "digits.c",
+        "digits_weights.c",
+        "main.c",
+        "Makefile",
+        "CMakeLists.txt",
+    ):
+        assert (tmp_path / name).exists()
+    header = (tmp_path / "digits.h").read_text()
+    assert f"#define DIGITS_ARENA_BYTES {result.arena_bytes}" in header
+    source = (tmp_path / "digits.c").read_text() + (tmp_path / "digits_weights.c").read_text()
+    assert "malloc" not in source and "#pragma omp" not in source and "omp_" not in source
+    includes = {line.split()[1] for line in source.splitlines() if line.startswith("#include")}
+    assert includes <= {"<math.h>", "<stddef.h>", "<stdint.h>", "<string.h>", '"digits.h"'}
+    assert "const float digits_hidden_W[2048]" in source
+    # the arena holds the peak of live activations for one row, not their sum
+    assert result.arena_bytes < (32 + 10 + 10) * 4 + 3 * 64
+
+
+@pytest.mark.parametrize("cc", ["gcc", "clang"])
+def test_export_matches_predict(trained, tmp_path, cc):
+    if shutil.which(cc) is None:
+        pytest.skip(f"{cc} is not installed")
+    model, X, _ = trained
+    model.export(str(tmp_path))
+    got = _run([_build(str(tmp_path), cc)], X)
+    ref = model.predict(X)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+def test_export_make_and_binary_input(trained, tmp_path):
+    model, X, _ = trained
+    model.export(str(tmp_path))
+    subprocess.run(["make", "-s", "-C", str(tmp_path)], check=True, capture_output=True)
+    X[:7].astype("<f4").tofile(tmp_path / "rows.bin")
+    out = subprocess.run(
+        [str(tmp_path / "digits"), "-b", str(tmp_path / "rows.bin")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    got = np.array([[float(v) for v in line.split()] for line in out.strip().splitlines()])
+    np.testing.assert_allclose(got, model.predict(X[:7]), rtol=1e-5, atol=1e-6)
+
+
+def test_export_sanitizers(trained, tmp_path):
+    model, X, _ = trained
+    model.export(str(tmp_path), training=True)
+    exe = _build(
+        str(tmp_path), "gcc", ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
+    )
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1", UBSAN_OPTIONS="halt_on_error=1")
+    got = _run([exe], X[:20], env=env)
+    np.testing.assert_allclose(got, model.predict(X[:20]), rtol=1e-5, atol=1e-6)
+
+
+def test_on_device_training_matches_host(trained, tmp_path):
+    """The exported train step does what model.train_step does, in the same fixed arena."""
+    model, X, Y = trained
+    model.export(str(tmp_path), training=True, batch_size=8)
+    driver = tmp_path / "train_main.c"
+    driver.write_text(
+        '#include <stdio.h>\n#include "digits.h"\n'
+        "static double arena[DIGITS_ARENA_BYTES / sizeof(double) + 1];\n"
+        "int main(void) {\n"
+        "  float x[8 * 64]; int32_t y[8]; float out[10];\n"
+        '  for (int i = 0; i < 8 * 64; ++i) if (scanf("%f", &x[i]) != 1) return 1;\n'
+        '  for (int i = 0; i < 8; ++i) if (scanf("%d", &y[i]) != 1) return 1;\n'
+        "  digits_train_init(arena);\n"
+        "  double loss = 0;\n"
+        "  for (int s = 0; s < 3; ++s) loss = digits_train_step(x, y, 8, arena);\n"
+        '  printf("%.9g\\n", loss);\n'
+        "  digits_predict(x, out, arena);\n"
+        '  for (int i = 0; i < 10; ++i) printf("%.9g ", out[i]);\n'
+        '  printf("\\n");\n  return 0;\n}\n'
+    )
+    exe = str(tmp_path / "train")
+    subprocess.run(
+        [
+            "gcc",
+            *STRICT,
+            "-o",
+            exe,
+            str(driver),
+            str(tmp_path / "digits.c"),
+            str(tmp_path / "digits_weights.c"),
+            "-lm",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    text = " ".join(f"{v:.9g}" for v in X[:8].ravel()) + "\n" + " ".join(map(str, Y[:8]))
+    lines = subprocess.run(
+        [exe], input=text, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    host = gc.compile(model.graph, batch_size=8, optimizer=gc.SGD(lr=0.1), seed=0)
+    host.set_params(model.params)
+    loss = [host.train_step(X[:8].astype(np.float32), Y[:8]) for _ in range(3)][-1]
+    assert float(lines[0]) == pytest.approx(loss, rel=1e-5)
+    probs = np.array([float(v) for v in lines[1].split()])
+    np.testing.assert_allclose(probs, host.predict(X[:1])[0], rtol=1e-4, atol=1e-6)
+
+
+def test_cortex_m4_sizes(trained, tmp_path):
+    if shutil.which("arm-none-eabi-gcc") is None:
+        pytest.skip("arm-none-eabi-gcc is not installed (apt-get install gcc-arm-none-eabi)")
+    model, _, _ = trained
+    result = model.export(str(tmp_path))
+    from graphc.export import cortex_m4_sizes
+
+    sizes = cortex_m4_sizes(str(tmp_path), "digits")
+    assert sizes["text"] > 0
+    assert sizes["bss"] == 0  # no global mutable state in the library
+    assert "Cortex-M4" in result.report()
+
+
+def test_arm_linux_under_qemu(trained, tmp_path):
+    if shutil.which("arm-linux-gnueabihf-gcc") is None or shutil.which("qemu-arm") is None:
+        pytest.skip(
+            "arm-linux-gnueabihf-gcc or qemu-arm missing (apt-get install "
+            "gcc-arm-linux-gnueabihf qemu-user)"
+        )
+    model, X, _ = trained
+    model.export(str(tmp_path))
+    exe = _build(str(tmp_path), "arm-linux-gnueabihf-gcc", static=True)
+    got = _run(["qemu-arm", exe], X[:30])
+    ref = model.predict(X[:30])
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    assert (got.argmax(1) == ref.argmax(1)).all()

@@ -1,0 +1,267 @@
+"""Training throughput of compiled graphc MLPs, beside PyTorch eager on the same workloads.
+
+Two workloads, both float32 with softmax cross-entropy:
+
+  W1  784-512-256-10 ReLU MLP, SGD, batch 128, on random data (8192 rows)
+  W2  64-128-64-10 tanh MLP, Adam, batch 32, on scikit-learn's digits (1797 rows)
+
+Each is trained with ``model.fit(X, y, epochs=k)``: one warm-up epoch, then the time of
+``repeats`` calls of ``k`` epochs each, reported as the median samples/s.  When ``import torch``
+works, the same network (layer sizes, optimizer, batch size, a reshuffle each epoch, the last
+partial batch included) is trained in PyTorch eager mode and timed the same way; both sides use
+the same number of threads (``torch.set_num_threads`` and ``model.num_threads``).  For W1 the
+achieved GFLOP/s counts 6 * sum(in * out) flops per sample: 2 * in * out for the forward
+matmul of each layer and twice that for its backward (δ and weight gradient).  The first
+layer needs no δ for the input, so the work actually required is 2 * in * out less for it;
+that figure is printed beside.
+
+Usage: python bench/mlp.py [--quick] [--threads N] [--repeats R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+try:
+    import graphc as gc
+except ImportError:  # a source checkout without install: use the repository next door
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import graphc as gc
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One benchmark: the network, its optimizer, batch size, data and epochs per timing."""
+
+    label: str
+    sizes: tuple[int, ...]  # input, hidden..., classes
+    activation: str
+    optimizer: str  # "sgd" or "adam"
+    lr: float
+    batch: int
+    X: np.ndarray
+    y: np.ndarray
+    epochs: int
+
+    @property
+    def flops_per_sample(self) -> int:
+        """Forward plus backward matmul flops of one training sample: 6 * sum(in * out)."""
+        return 6 * sum(a * b for a, b in zip(self.sizes[:-1], self.sizes[1:]))
+
+    @property
+    def needed_flops_per_sample(self) -> int:
+        """The flops a training step must do: the first layer forms no δ for the input."""
+        return self.flops_per_sample - 2 * self.sizes[0] * self.sizes[1]
+
+
+def random_data(
+    rows: int, features: int, classes: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normal float32 inputs and uniform integer labels."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((rows, features), dtype=np.float32)
+    y = rng.integers(0, classes, size=rows).astype(np.int32)
+    return X, y
+
+
+def digits_data() -> tuple[np.ndarray, np.ndarray]:
+    """All 1797 scikit-learn digits, pixels scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int32)
+
+
+def workloads(quick: bool) -> list[Workload]:
+    """W1 and W2; ``quick`` shrinks W1's data and both epoch counts."""
+    X1, y1 = random_data(2048 if quick else 8192, 784, 10)
+    X2, y2 = digits_data()
+    return [
+        Workload(
+            "W1 784-512-256-10 relu SGD b128",
+            (784, 512, 256, 10),
+            "relu",
+            "sgd",
+            0.01,
+            128,
+            X1,
+            y1,
+            1 if quick else 2,
+        ),
+        Workload(
+            "W2 64-128-64-10 tanh Adam b32",
+            (64, 128, 64, 10),
+            "tanh",
+            "adam",
+            1e-3,
+            32,
+            X2,
+            y2,
+            2 if quick else 10,
+        ),
+    ]
+
+
+def median_rates(
+    trainers: dict[str, Callable[[int], None]], w: Workload, repeats: int
+) -> dict[str, float]:
+    """Median samples/s of each ``train(w.epochs)``, after one warm-up epoch each.
+
+    The trainers take turns within each repeat, so that a machine busy with other work
+    slows every side alike rather than whichever happened to run at the time.
+    """
+    for train in trainers.values():
+        train(1)
+    rates: dict[str, list[float]] = {name: [] for name in trainers}
+    for _ in range(repeats):
+        for name, train in trainers.items():
+            start = time.perf_counter()
+            train(w.epochs)
+            elapsed = time.perf_counter() - start
+            rates[name].append(w.epochs * len(w.X) / elapsed)
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def graphc_trainer(w: Workload, threads: int) -> Callable[[int], None]:
+    """A function training the compiled graphc model for some epochs."""
+    g = gc.Graph("bench_mlp")
+    x = g.input("x", (w.sizes[0],))
+    y = g.input("y", (), dtype="int32")
+    h = x
+    for k, units in enumerate(w.sizes[1:-1]):
+        h = gc.dense(h, units, activation=w.activation, name=f"hidden{k + 1}")
+    logits = gc.dense(h, w.sizes[-1], name="out")
+    g.minimize(gc.softmax_cross_entropy(logits, y))
+    optimizer = gc.SGD(lr=w.lr) if w.optimizer == "sgd" else gc.Adam(lr=w.lr)
+    model = gc.compile(
+        g, batch_size=w.batch, dtype="float32", optimizer=optimizer, seed=0, num_threads=threads
+    )
+
+    def train(epochs: int) -> None:
+        model.fit(w.X, w.y, epochs=epochs, shuffle=True)
+
+    return train
+
+
+def torch_trainer(w: Workload, threads: int) -> Callable[[int], None]:
+    """A function training the same network in PyTorch eager mode for some epochs."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    layers: list[torch.nn.Module] = []
+    for a, b in zip(w.sizes[:-2], w.sizes[1:-1]):
+        layers += [
+            torch.nn.Linear(a, b),
+            torch.nn.ReLU() if w.activation == "relu" else torch.nn.Tanh(),
+        ]
+    layers.append(torch.nn.Linear(w.sizes[-2], w.sizes[-1]))
+    net = torch.nn.Sequential(*layers)
+    if w.optimizer == "sgd":
+        optimizer = torch.optim.SGD(net.parameters(), lr=w.lr)
+    else:
+        optimizer = torch.optim.Adam(net.parameters(), lr=w.lr)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    X = torch.from_numpy(w.X)
+    y = torch.from_numpy(w.y.astype(np.int64))
+    generator = torch.Generator().manual_seed(0)
+
+    def train(epochs: int) -> None:
+        for _ in range(epochs):
+            order = torch.randperm(len(X), generator=generator)
+            for start in range(0, len(X), w.batch):
+                rows = order[start : start + w.batch]
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(net(X[rows]), y[rows])
+                loss.backward()
+                optimizer.step()
+
+    return train
+
+
+def torch_version() -> str | None:
+    """PyTorch's version, or None when it cannot be imported."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return str(torch.__version__)
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Run both workloads, print the table and return {workload: {metric: value}}."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="less data and fewer epochs")
+    parser.add_argument("--threads", type=int, default=2, help="threads for both (default 2)")
+    parser.add_argument("--repeats", type=int, default=None, help="timings per median (>= 3)")
+    args = parser.parse_args(argv)
+    repeats = max(3, args.repeats or (3 if args.quick else 5))
+    load_before = os.getloadavg()[0]
+    version = torch_version()
+    print(
+        f"python {platform.python_version()}, numpy {np.__version__}, graphc "
+        f"{gc.__version__}, {os.cpu_count()} CPUs, {args.threads} threads, median of "
+        f"{repeats} timings after 1 warm-up epoch"
+    )
+    if version is None:
+        print(
+            "PyTorch is not installed: skipping the PyTorch comparison "
+            "(pip install torch==2.13.0 to include it)"
+        )
+    else:
+        print(f"PyTorch {version} eager, torch.set_num_threads({args.threads})")
+    results: dict[str, dict[str, float]] = {}
+    header = (
+        f"{'workload':34} {'rows':>5} {'epochs':>6} {'graphc/s':>10} {'torch/s':>10} {'ratio':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    benchmarks = workloads(args.quick)
+    for w in benchmarks:
+        trainers = {"graphc": graphc_trainer(w, args.threads)}
+        if version is not None:
+            trainers["torch"] = torch_trainer(w, args.threads)
+        row = median_rates(trainers, w, repeats)
+        torch_text = f"{'-':>10} {'-':>6}"
+        if "torch" in row:
+            row["ratio"] = row["graphc"] / row["torch"]
+            torch_text = f"{row['torch']:10.0f} {row['ratio']:6.2f}"
+        results[w.label] = row
+        print(f"{w.label:34} {len(w.X):5d} {w.epochs:6d} {row['graphc']:10.0f} {torch_text}")
+    print(
+        f"1-minute load average: {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
+        "(other work on the machine slows both sides; the ratio is the steadier figure)"
+    )
+    print_gflops(benchmarks[0], results[benchmarks[0].label])
+    return results
+
+
+def print_gflops(w: Workload, row: dict[str, float]) -> None:
+    """Add W1's achieved GFLOP/s to ``row`` and print them, by the 6 * sum(in * out) count."""
+    sides = [name for name in ("graphc", "torch") if name in row]
+    for name in sides:
+        row[f"{name}_gflops"] = row[name] * w.flops_per_sample / 1e9
+    names = {"graphc": "graphc", "torch": "PyTorch"}
+    counted = ", ".join(f"{names[n]} {row[f'{n}_gflops']:.1f}" for n in sides)
+    print(
+        f"W1 GFLOP/s: {counted} (counting 6 * sum(in * out) = "
+        f"{w.flops_per_sample / 1e6:.2f} MFLOP per training sample)"
+    )
+    needed = w.needed_flops_per_sample
+    executed = ", ".join(f"{names[n]} {row[n] * needed / 1e9:.1f}" for n in sides)
+    print(f"W1 GFLOP/s on the {needed / 1e6:.2f} MFLOP a sample needs (no input δ): {executed}")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-EXAMPLE_MODEL = "examples/digits_mlp.py:build_graph"
+EXAMPLE_MODEL = "examples/c_api/model.py:graph"
 
 
 class CliError(Exception):

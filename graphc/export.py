@@ -130,7 +130,7 @@ def export(
     frozen = {pp.param.label for pp in model.plan.params if not pp.trainable}
     plan, _ = plan_model(graph, batch_size, model.plan.dtype, optimizer, frozen)
     real = "float" if plan.dtype == "float32" else "double"
-    target = Target(name="embedded", real=real, parallel_for="", single="")
+    target = Target(name="embedded", real=real, parallel_for="", single="", simd="")
     contexts = KernelContexts(target, plan.dtype)
     env = environment()
     params = {pp.param.name: pp.param for pp in plan.params}

@@ -193,3 +193,40 @@ def test_arm_linux_under_qemu(trained, tmp_path):
     ref = model.predict(X[:30])
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
     assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+def test_cnn_export_matches_predict(tmp_path):
+    """Convolution, pooling, dropout (identity at inference) and dense export to C99 too."""
+    X, Y = _digits()
+    images = X.reshape(-1, 1, 8, 8)
+    g = gc.Graph("cnn")
+    x = g.input("x", (1, 8, 8))
+    y = g.input("y", (), dtype="int32")
+    h = gc.conv2d(x, 4, 3, padding="same", activation="relu", name="conv1")
+    h = gc.max_pool2d(h, 2, name="pool1")
+    h = gc.conv2d(h, 6, 3, stride=1, padding="valid", activation="tanh", name="conv2")
+    h = gc.dropout(gc.flatten(h), 0.2, name="drop")
+    logits = gc.dense(h, 10, name="out")
+    g.output("probs", gc.softmax(logits))
+    g.minimize(gc.softmax_cross_entropy(logits, y))
+    model = gc.compile(g, batch_size=32, optimizer=gc.Adam(0.01), seed=0)
+    model.fit(images[:500], Y[:500], epochs=2, verbose=0)
+    model.export(str(tmp_path))
+    exe = str(tmp_path / "cnn")
+    subprocess.run(
+        [
+            "gcc",
+            *STRICT,
+            "-o",
+            exe,
+            *(str(tmp_path / f) for f in ("main.c", "cnn.c", "cnn_weights.c")),
+            "-lm",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    got = _run([exe], X[1000:1040])
+    ref = model.predict(images[1000:1040])
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    assert (got.argmax(1) == ref.argmax(1)).all()

@@ -66,6 +66,7 @@ class Target:
     template_dir: str = "c"
     parallel_for: str = "#pragma omp for schedule(static)"
     single: str = "#pragma omp single"
+    simd: str = "#pragma omp simd"
 
 
 def dim_text(d: Dim) -> str:

@@ -56,7 +56,6 @@ if TYPE_CHECKING:
 OUT_VARS = {1: ("x",), 2: ("y", "x")}
 TAP_VARS = {1: ("q",), 2: ("p", "q")}
 #: asks the C compiler to vectorize the loop that follows (it has no loop-carried dependence)
-SIMD = "#pragma omp simd"
 
 
 # --- geometry ---------------------------------------------------------------------------------
@@ -462,7 +461,8 @@ def batch_signature(kernel: Kernel, real: str, batch: str) -> tuple[str, str]:
 def parallel_for(cg: Any, loops: int) -> str:
     """The work-sharing pragma over ``loops`` perfectly nested loops."""
     pragma = cg.target.parallel_for
-    return pragma if loops == 1 else f"{pragma} collapse({loops})"
+    # a target without threads (the embedded export) has no pragma to extend
+    return pragma if loops == 1 or not pragma else f"{pragma} collapse({loops})"
 
 
 def indents(depth: int, *extra: int) -> list[str]:
@@ -570,7 +570,7 @@ class ConvKernel(Kernel):
                 walk["tap"],
             ),
             "step": walk["step"],
-            "simd": SIMD,
+            "simd": cg.target.simd,
             "store_loops": stores,
             "indent": indents(len(outer) + 1, len(taps), len(taps) + 1, len(stores)),
             **output_body(cg, self.output, variables, acc, v["batch"]),
@@ -641,7 +641,7 @@ class ConvBackwardDataKernel(Kernel):
             "var": walk["var"],
             "width": walk["width"],
             "step": walk["step"],
-            "simd": SIMD,
+            "simd": cg.target.simd,
             "indent": indents(3 + len(loops), 1),
             "output": plane_output(cg, v, win, self.output, v["c"], v["batch"]),
         }
@@ -716,7 +716,11 @@ class ConvBackwardFilterKernel(Kernel):
             "sums": sums,
             "var": walk["var"],
             "width": walk["width"],
-            "simd": f"{SIMD} reduction(+:{', '.join(name for name, _, _ in sums)})",
+            "simd": (
+                f"{cg.target.simd} reduction(+:{', '.join(name for name, _, _ in sums)})"
+                if cg.target.simd
+                else ""
+            ),
             "grad": f"{owner(self.grad)}[{grad}]",
             "indent": indents(4 + len(loops), 1),
         }

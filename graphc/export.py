@@ -102,6 +102,14 @@ def cortex_m4_sizes(directory: str, name: str) -> dict[str, int] | None:
     return {"text": int(total[0]), "data": int(total[1]), "bss": int(total[2])}
 
 
+def _runtime_text(name: str) -> str:
+    """A runtime header's text, pasted into the export so it needs no graphc files."""
+    from graphc.codegen.c import RUNTIME_DIR
+
+    with open(os.path.join(RUNTIME_DIR, name)) as f:
+        return f.read()
+
+
 def _literal(value: float, dtype: str) -> str:
     if dtype == "float32":
         text = f"{np.float32(value):.9g}"
@@ -227,6 +235,7 @@ def export(
         "lr_expr": lr,
         "base_lr": model.lr if training else 0.0,
         "uses_gemm": any("gc_gemm(" in k for k in kernels),
+        "random": _runtime_text("gc_random.h") if any("gc_stream(" in k for k in kernels) else "",
         "optimizer": plan.optimizer,
     }
     os.makedirs(directory, exist_ok=True)

@@ -13,6 +13,7 @@
 
 #include "gc_gemm.h"
 #include "gc_math.h"
+#include "gc_random.h"
 
 /* One 64-byte aligned, zeroed block: the model's arena. */
 static inline unsigned char *gc_arena_alloc(size_t bytes)
@@ -34,22 +35,6 @@ static inline int gc_default_threads(void)
 #else
     return 1;
 #endif
-}
-
-/* SplitMix64: a counter-based generator; value k of stream `seed` needs no state. */
-static inline uint64_t gc_splitmix64(uint64_t seed, uint64_t k)
-{
-    uint64_t z = seed + (k + 1) * 0x9E3779B97F4A7C15ULL;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-
-/* The random stream of one dropout layer at one training step: draw k of it is
- * gc_splitmix64(stream, k).  It depends on (seed, layer, step) only, never on threads. */
-static inline uint64_t gc_stream(uint64_t seed, uint64_t layer, uint64_t step)
-{
-    return gc_splitmix64(gc_splitmix64(seed, layer), step);
 }
 
 /* perm = 0..count-1, shuffled by Fisher-Yates from `seed` when `shuffle` is set. */

@@ -230,3 +230,48 @@ def test_cnn_export_matches_predict(tmp_path):
     ref = model.predict(images[1000:1040])
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
     assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+def test_training_export_with_dropout(tmp_path):
+    """On-device training draws the same counter-based dropout masks as the host."""
+    X, Y = _digits()
+    g = gc.Graph("dropnet")
+    x = g.input("x", (64,))
+    y = g.input("y", (), dtype="int32")
+    h = gc.dropout(gc.dense(x, 16, activation="relu", name="hidden"), 0.5, name="drop")
+    logits = gc.dense(h, 10, name="out")
+    g.output("probs", gc.softmax(logits))
+    g.minimize(gc.softmax_cross_entropy(logits, y))
+    model = gc.compile(g, batch_size=4, optimizer=gc.SGD(0.1), seed=0)
+    model.seed = 0
+    model.export(str(tmp_path), training=True, batch_size=4)
+    driver = tmp_path / "drive.c"
+    driver.write_text(
+        '#include <stdio.h>\n#include "dropnet.h"\n'
+        "static double arena[DROPNET_ARENA_BYTES / sizeof(double) + 1];\n"
+        "int main(void) {\n  float x[4 * 64]; int32_t y[4];\n"
+        '  for (int i = 0; i < 4 * 64; ++i) if (scanf("%f", &x[i]) != 1) return 1;\n'
+        '  for (int i = 0; i < 4; ++i) if (scanf("%d", &y[i]) != 1) return 1;\n'
+        "  dropnet_train_init(arena);\n  double loss = 0;\n"
+        "  for (int s = 0; s < 3; ++s) loss = dropnet_train_step(x, y, 4, arena);\n"
+        '  printf("%.9g\\n", loss);\n  return 0;\n}\n'
+    )
+    exe = str(tmp_path / "drive")
+    subprocess.run(
+        [
+            "gcc",
+            *STRICT,
+            "-o",
+            exe,
+            str(driver),
+            str(tmp_path / "dropnet.c"),
+            str(tmp_path / "dropnet_weights.c"),
+            "-lm",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    text = " ".join(f"{v:.9g}" for v in X[:4].ravel()) + "\n" + " ".join(map(str, Y[:4]))
+    out = subprocess.run([exe], input=text, capture_output=True, text=True, check=True).stdout
+    host = [model.train_step(X[:4].astype(np.float32), Y[:4]) for _ in range(3)][-1]
+    assert float(out) == pytest.approx(host, rel=1e-5)

@@ -22,6 +22,7 @@ from graphc.explain import explain
 from graphc.graph import Graph, Init, Node
 from graphc.history import Callback, CheckpointEvery, EarlyStopping, History
 from graphc.layers import dense
+from graphc.ops.combine import concat, repeat
 from graphc.ops.conv import conv1d, conv2d
 from graphc.ops.dropout import dropout
 from graphc.ops.elementwise import (
@@ -39,6 +40,7 @@ from graphc.ops.elementwise import (
     step,
     tanh,
 )
+from graphc.ops.embedding import embedding
 from graphc.ops.linalg import matmul
 from graphc.ops.loss import (
     binary_cross_entropy,
@@ -49,6 +51,7 @@ from graphc.ops.loss import (
     softmax_cross_entropy,
 )
 from graphc.ops.pool import max_pool1d, max_pool2d, mean_pool1d, mean_pool2d
+from graphc.ops.recurrent import gru, lstm, rnn
 from graphc.ops.reduce import mean, sum
 from graphc.ops.shape import flatten, reshape
 from graphc.ops.softmax import softmax
@@ -117,4 +120,10 @@ __all__ = [
     "step",
     "sum",
     "tanh",
+    "concat",
+    "embedding",
+    "gru",
+    "lstm",
+    "repeat",
+    "rnn",
 ]

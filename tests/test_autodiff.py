@@ -439,3 +439,23 @@ def test_identical_subgraphs_are_shared_and_differentiated():
     infer = model.plan.programs[0]
     assert infer.name == "infer"
     assert len(infer.kernels) == 2  # one GEMM (+ tanh, product, sum), one GEMM (+ sigmoid)
+
+
+def test_dense_on_one_hot_is_a_row_lookup():
+    """dense(one_hot(ids)) computes W[ids] + b, with gradients, and builds no one-hot tensor."""
+    g = gc.Graph("onehot_dense")
+    ids = g.input("ids", (3,), dtype="int32")
+    y = g.input("y", (3,), dtype="int32")
+    h = gc.dense(gc.one_hot(ids, 5), 4, activation="tanh", name="h")
+    o = gc.dense(h, 5, name="o")
+    g.output("p", gc.softmax(o))
+    g.minimize(gc.softmax_cross_entropy(o, y))
+    model = gc.compile(g, batch_size=4, dtype="float64", optimizer=gc.SGD(0.1), seed=2)
+    ids_v = np.array([[0, 1, 4], [2, 3, 3]], dtype=np.int32)
+    p = model.params
+    logits = np.tanh(p["h.W"][ids_v] + p["h.b"]) @ p["o.W"] + p["o.b"]
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    np.testing.assert_allclose(model.predict(ids_v), probs, rtol=1e-12, atol=1e-14)
+    directional_check(model, (ids_v, np.array([[1, 0, 2], [4, 4, 3]], dtype=np.int32)))
+    assert "ids_onehot" not in model.source  # the one-hot node is never materialized

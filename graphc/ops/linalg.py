@@ -117,7 +117,23 @@ def make_matmul(
     graph: Graph | None = None,
     attrs: dict | None = None,
 ) -> Node:
-    """Build a matmul node (any transposition) in ``graph``."""
+    """Build a matmul node (any transposition) in ``graph``.
+
+    A one-hot left operand times a matrix is a row lookup: it becomes an embedding
+    node (no one-hot tensor is ever built, and the product costs no flops).
+    """
+    if (
+        not trans_a
+        and not trans_b
+        and a.op.name == "one_hot"
+        and not b.batched
+        and len(b.shape) == 2
+        and b.shape[0] == a.shape[-1]
+        and graph in (None, a.graph)
+    ):
+        from graphc.ops.embedding import lookup
+
+        return lookup(a.inputs[0], b, name or a.graph.unique_name("matmul"))
     op = MatMul(trans_a, trans_b)
     shape, batched = op.infer(a, b, "matmul" if name is None else f"matmul {name!r}")
     graph = graph or same_graph([a, b], "matmul")

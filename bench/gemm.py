@@ -3,7 +3,9 @@
 Builds a small timing library around the header (gcc -O3 -march=native -fopenmp),
 runs gc_gemm repeatedly inside one `omp parallel` region of 2 threads (the way
 generated training steps call it), and prints GFLOP/s beside np.matmul on the same
-shapes.  Usage: python bench/gemm.py [--threads N] [--seconds S]
+shapes.  Each figure is the best of several short runs; other processes on the two
+cores skew both columns, so the load average is printed before and after.
+Usage: python bench/gemm.py [--threads N] [--seconds S] [--repeat R]
 """
 
 import argparse
@@ -72,68 +74,80 @@ def build(tmp: Path):
     return ffi, ffi.dlopen(str(lib_path))
 
 
-def time_gc(ffi, lib, ta, tb, a, b, c, m, n, k, threads, seconds):
-    """Best-of-3 seconds per call of gc_gemm, reps sized to about `seconds` per run."""
+def calibrate(run_once, seconds: float) -> int:
+    """Repetitions of run_once(reps) -> seconds that take about `seconds` together."""
+    reps = 1
+    while True:
+        t = run_once(reps)
+        if t > seconds / 4:
+            return max(1, int(reps * seconds / t))
+        reps *= 4
+
+
+def best_times(runners, seconds: float, repeat: int) -> list[float]:
+    """Best seconds per call for each runner; the runners alternate run by run, so
+    bursts of load from other processes hit them alike."""
+    reps = [calibrate(run, seconds) for run in runners]
+    best = [float("inf")] * len(runners)
+    for _ in range(repeat):
+        for index, run in enumerate(runners):
+            best[index] = min(best[index], run(reps[index]) / reps[index])
+    return best
+
+
+def gc_runner(ffi, lib, ta, tb, a, b, c, m, n, k, threads):
+    """run(reps) -> seconds for `reps` gc_gemm calls inside one parallel region."""
     fa = ffi.cast("const float *", ffi.from_buffer(a))
     fb = ffi.cast("const float *", ffi.from_buffer(b))
     fc = ffi.cast("float *", ffi.from_buffer(c))
     lda, ldb, ldc = a.shape[1], b.shape[1], c.shape[1]
-    reps = 1
-    while True:
-        t = lib.bench_gemm(ta, tb, m, n, k, fa, lda, fb, ldb, fc, ldc, reps, threads)
-        if t > seconds / 4:
-            break
-        reps *= 4
-    reps = max(1, int(reps * seconds / t))
-    best = min(
-        lib.bench_gemm(ta, tb, m, n, k, fa, lda, fb, ldb, fc, ldc, reps, threads)
-        for _ in range(3)
-    )
-    return best / reps
+
+    def run(reps: int) -> float:
+        return lib.bench_gemm(ta, tb, m, n, k, fa, lda, fb, ldb, fc, ldc, reps, threads)
+
+    return run
 
 
-def time_numpy(op_a, op_b, out, seconds):
-    """Best-of-3 seconds per np.matmul call (with out=, so no allocation)."""
-    reps = 1
-    while True:
+def numpy_runner(op_a, op_b, out):
+    """run(reps) -> seconds for `reps` np.matmul calls (with out=, so no allocation)."""
+
+    def run(reps: int) -> float:
         t0 = time.perf_counter()
         for _ in range(reps):
             np.matmul(op_a, op_b, out=out)
-        t = time.perf_counter() - t0
-        if t > seconds / 4:
-            break
-        reps *= 4
-    reps = max(1, int(reps * seconds / t))
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            np.matmul(op_a, op_b, out=out)
-        best = min(best, time.perf_counter() - t0)
-    return best / reps
+        return time.perf_counter() - t0
+
+    return run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=0.3)
+    parser.add_argument("--seconds", type=float, default=0.05, help="length of one timed run")
+    parser.add_argument("--repeat", type=int, default=20, help="timed runs; the best counts")
     args = parser.parse_args()
     print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}  "
-          f"gc threads={args.threads}  numpy {np.__version__}")  # fmt: skip
+          f"gc threads={args.threads}  numpy {np.__version__}  "
+          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         ffi, lib = build(Path(tmp))
-        header = f"{'shape':22} {'op':5} {'M':>5} {'N':>5} {'K':>5} {'gc GF/s':>8} {'np GF/s':>8} ratio"
+        header = (
+            f"{'shape':22} {'op':5} {'M':>5} {'N':>5} {'K':>5} {'gc GF/s':>8} {'np GF/s':>8} ratio"
+        )
         print(header)
         total_gc = total_np = 0.0
         for label, ta, tb, m, n, k in SHAPES:
             a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
             b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
             c = np.zeros((m, n), dtype=np.float32)
-            t_gc = time_gc(ffi, lib, ta, tb, a, b, c, m, n, k, args.threads, args.seconds)
-            want = (a.T if ta else a) @ (b.T if tb else b)
-            assert np.allclose(c, want, rtol=1e-4, atol=1e-3 * np.sqrt(k)), label
-            t_np = time_numpy(a.T if ta else a, b.T if tb else b, np.empty_like(c), args.seconds)
+            op_a, op_b = (a.T if ta else a), (b.T if tb else b)
+            runners = [
+                gc_runner(ffi, lib, ta, tb, a, b, c, m, n, k, args.threads),
+                numpy_runner(op_a, op_b, np.empty_like(c)),
+            ]
+            t_gc, t_np = best_times(runners, args.seconds, args.repeat)
+            assert np.allclose(c, op_a @ op_b, rtol=1e-4, atol=1e-3 * np.sqrt(k)), label
             flops = 2.0 * m * n * k
             if label.startswith(("fwd", "bwd", "grad")):
                 total_gc += t_gc
@@ -142,7 +156,7 @@ def main() -> None:
             print(f"{label:22} {op:5} {m:5} {n:5} {k:5} {flops / t_gc / 1e9:8.1f} "
                   f"{flops / t_np / 1e9:8.1f} {t_np / t_gc:5.2f}")  # fmt: skip
         print(f"MLP shapes total time: gc {total_gc * 1e6:.0f} us, numpy {total_np * 1e6:.0f} us "
-              f"(ratio {total_np / total_gc:.2f})")  # fmt: skip
+              f"(ratio {total_np / total_gc:.2f}); load average {os.getloadavg()[0]:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@
 #endif
 
 #include <stddef.h>
-#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -129,9 +128,14 @@ typedef GC_REAL gc_gemm_uvec
    accumulated), rows [r0, r0+nr) x cols [c0, c0+nc); ctx is passed through. */
 typedef void (*gc_gemm_epilogue)(void *ctx, int r0, int nr, int c0, int nc);
 
-/* Per-thread packing buffers (no malloc, no stack pressure on OpenMP workers). */
-static _Thread_local GC_REAL gc_gemm_apack[GC_GEMM_MC * GC_GEMM_KC] __attribute__((aligned(64)));
-static _Thread_local GC_REAL gc_gemm_bpack[GC_GEMM_KC * GC_GEMM_NC] __attribute__((aligned(64)));
+/* Per-thread packing buffers (no malloc, no stack pressure on OpenMP workers).
+   A single-threaded target without thread-local storage may define GC_GEMM_TLS
+   empty to get plain static buffers (then gc_gemm is not reentrant). */
+#ifndef GC_GEMM_TLS
+#define GC_GEMM_TLS _Thread_local
+#endif
+static GC_GEMM_TLS GC_REAL gc_gemm_apack[GC_GEMM_MC * GC_GEMM_KC] __attribute__((aligned(64)));
+static GC_GEMM_TLS GC_REAL gc_gemm_bpack[GC_GEMM_KC * GC_GEMM_NC] __attribute__((aligned(64)));
 
 static inline int gc_gemm_min(int a, int b)
 {
@@ -271,8 +275,8 @@ static inline void gc_gemm_pack_at(const GC_REAL *a, int lda, int mc, int kc,
 #define GC_GEMM_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
 
 /* One MR x NR micro-tile: acc = sum_k a(:,k) b(k,:) in increasing k, where
-   a(r,k) = a[r*rs + k*cs] is read in place from A and b is a packed micro-panel
-   (NR per k).  Then C = acc, or C += acc when add.  Only the top-left mr x nr part
+   a(r,k) = a[r*rs + k*cs] (in place in A, or a packed micro-panel with rs = 1,
+   cs = MR) and b is a packed micro-panel (NR per k).  Then C = acc, or C += acc when add.  Only the top-left mr x nr part
    is written; rows past mr re-read row mr-1 (valid memory) and are discarded. */
 static inline void gc_gemm_micro(int kc, const GC_REAL *a, ptrdiff_t rs, ptrdiff_t cs,
                                  const GC_REAL *restrict b, GC_REAL *restrict c, int ldc,
@@ -313,16 +317,15 @@ static inline void gc_gemm_micro(int kc, const GC_REAL *a, ptrdiff_t rs, ptrdiff
 #undef GC_GEMM_STORE
         return;
     }
-    gc_gemm_vec tile[GC_GEMM_MR][2];
-#define GC_GEMM_SPILL(r)  \
-    tile[r][0] = c##r##0; \
-    tile[r][1] = c##r##1;
+    GC_REAL tile[GC_GEMM_MR * GC_GEMM_NR] __attribute__((aligned(64)));
+#define GC_GEMM_SPILL(r)                                     \
+    ((gc_gemm_vec *)(tile + (r) * GC_GEMM_NR))[0] = c##r##0; \
+    ((gc_gemm_vec *)(tile + (r) * GC_GEMM_NR))[1] = c##r##1;
     GC_GEMM_ROWS(GC_GEMM_SPILL)
 #undef GC_GEMM_SPILL
-    const GC_REAL *t = (const GC_REAL *)tile;
     for (int i = 0; i < mr; i++) {
         GC_REAL *ci = c + (size_t)i * ldc;
-        const GC_REAL *ti = t + i * GC_GEMM_NR;
+        const GC_REAL *ti = tile + i * GC_GEMM_NR;
         if (add) {
             for (int j = 0; j < nr; j++)
                 ci[j] += ti[j];
@@ -393,9 +396,8 @@ static void gc_gemm(int trans_a, int trans_b, int M, int N, int K, const GC_REAL
     if (M > 0 && N > 0)
         gc_gemm_grid(mpanels, npanels, nthreads, &gm, &gn);
     const int ntiles = gm * gn;
-    /* K blocks of equal size (<= KC); they depend on K only. */
+    /* K blocks of near-equal size (<= KC); they depend on K only. */
     const int kblocks = gc_gemm_ceil_div(K, GC_GEMM_KC);
-    const int kcs = kblocks > 0 ? gc_gemm_ceil_div(K, kblocks) : 0;
     /* op(A)[i][k] = A[i*rs + k*cs] */
     const ptrdiff_t rs = trans_a ? 1 : lda;
     const ptrdiff_t cs = trans_a ? lda : 1;
@@ -412,12 +414,14 @@ static void gc_gemm(int trans_a, int trans_b, int M, int N, int K, const GC_REAL
         const int nc = j1 - j0;
         GC_REAL *ct = C + (size_t)i0 * ldc + j0;
         if (kblocks == 0 && !accumulate) {
-            for (int i = 0; i < mc; i++)
-                memset(ct + (size_t)i * ldc, 0, (size_t)nc * sizeof(GC_REAL));
+            for (int i = 0; i < mc; i++) {
+                for (int j = 0; j < nc; j++)
+                    ct[(size_t)i * ldc + j] = 0;
+            }
         }
         for (int kb = 0; kb < kblocks; kb++) {
-            const int p0 = kb * kcs;
-            const int kc = gc_gemm_min(kcs, K - p0);
+            const int p0 = (int)((long long)kb * K / kblocks);
+            const int kc = (int)((long long)(kb + 1) * K / kblocks) - p0;
             gc_gemm_pack_b(trans_b, B, ldb, p0, kc, j0, nc, gc_gemm_bpack);
             const GC_REAL *a = A + i0 * rs + p0 * cs;
             const int add = accumulate || kb > 0;

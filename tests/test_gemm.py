@@ -38,6 +38,7 @@ SIZES = [
     (33, 7, 130),
     (130, 40, 9),
     (37, 70, 11),
+    (9, 40, 520),
     (150, 530, 300),
 ]
 
@@ -122,6 +123,7 @@ def _run(ffi, lib, ta, tb, M, N, K, a, lda, b, ldb, accumulate, c0, ldc, nthread
 
 def _check_build(libs, build: str, dtype, ta: int, tb: int, thread_counts: list[int]):
     ffi, lib = libs(build, dtype)
+    assert lib.h_openmp() == ("-fopenmp" in BUILDS[build][1])
     eps = np.finfo(dtype).eps
     rng = np.random.default_rng(1234 + 2 * ta + tb)
     for index, (M, N, K) in enumerate(SIZES):
@@ -206,16 +208,36 @@ def _skip_unless_usable(cc: str, flags: list[str], tmp: Path) -> None:
             pytest.skip(reason)
 
 
-@pytest.mark.parametrize("real", ["float", "double"])
 @pytest.mark.parametrize("flags", FLAG_SETS.values(), ids=FLAG_SETS.keys())
 @pytest.mark.parametrize("cc", ["gcc", "clang"])
-def test_header_compiles_clean(tmp_path, cc, flags, real):
+def test_header_compiles_clean(tmp_path, cc, flags):
     """The harness (which calls gc_gemm) builds with -O3 -Wall -Wextra -Werror everywhere."""
     _skip_unless_usable(cc, flags, tmp_path)
-    cmd = [cc, *WARNINGS, *flags, f"-DGC_REAL={real}", f"-I{RUNTIME}", "-c", str(HARNESS)]
-    cmd += ["-o", str(tmp_path / "h.o")]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stderr}"
+    jobs = []
+    for real in ("float", "double"):
+        cmd = [cc, *WARNINGS, *flags, f"-DGC_REAL={real}", f"-I{RUNTIME}", "-c", str(HARNESS)]
+        cmd += ["-o", str(tmp_path / f"h_{real}.o")]
+        jobs.append((cmd, subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)))
+    for cmd, job in jobs:
+        _, stderr = job.communicate()
+        assert job.returncode == 0, f"{' '.join(cmd)}:\n{stderr}"
+
+
+def test_header_compiles_for_aarch64(tmp_path):
+    """The portable path (128-bit vectors, no x86 intrinsics) also builds for another target."""
+    _skip_unless_usable("clang", [], tmp_path)
+    probe = subprocess.run(
+        ["clang", "--target=aarch64-linux-gnu", "-x", "c", "-S", "-o", "-", "/dev/null"],
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip("this clang has no AArch64 backend")
+    for real in ("float", "double"):
+        cmd = ["clang", "--target=aarch64-linux-gnu", *WARNINGS, "-O3", f"-DGC_REAL={real}"]
+        cmd += [f"-I{RUNTIME}", "-S", str(HARNESS), "-o", str(tmp_path / f"h_{real}.s")]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stderr}"
+        assert "fmla" in (tmp_path / f"h_{real}.s").read_text()  # NEON fused multiply-add
 
 
 @pytest.mark.parametrize("cc", ["gcc", "clang"])

@@ -216,6 +216,20 @@ class Graph:
             f"{len(self.nodes)} nodes>"
         )
 
+    def _repr_svg_(self) -> str | None:
+        """SVG of the graph (δ nodes in orange) for notebooks; None without Graphviz."""
+        import shutil
+        import subprocess
+
+        from graphc.draw import graph_dot
+
+        if shutil.which("dot") is None:
+            return None
+        result = subprocess.run(
+            ["dot", "-Tsvg"], input=graph_dot(self), capture_output=True, text=True
+        )
+        return result.stdout if result.returncode == 0 else None
+
     # --- naming -------------------------------------------------------------------------
     def unique_name(self, base: str) -> str:
         """A fresh name derived from ``base`` ('matmul' -> 'matmul_1', ...)."""

@@ -139,3 +139,14 @@ def test_help_has_example(command):
         cwd=ROOT,
     )
     assert result.returncode == 0 and "example: graphc " + command in result.stdout
+
+
+def test_graph_svg_for_notebooks():
+    from graphc.cli import load_graph
+
+    graph = load_graph(MODEL)
+    svg = graph._repr_svg_()
+    if shutil.which("dot") is None:
+        assert svg is None
+    else:
+        assert "<svg" in svg and "delta_hidden" in svg

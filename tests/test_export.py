@@ -275,3 +275,36 @@ def test_training_export_with_dropout(tmp_path):
     out = subprocess.run([exe], input=text, capture_output=True, text=True, check=True).stdout
     host = [model.train_step(X[:4].astype(np.float32), Y[:4]) for _ in range(3)][-1]
     assert float(out) == pytest.approx(host, rel=1e-5)
+
+
+def test_recurrent_export_matches_predict(tmp_path):
+    """Token ids (int32) through an embedding, a GRU and a dense layer, exported to C99."""
+    rng = np.random.default_rng(0)
+    g = gc.Graph("seq")
+    ids = g.input("ids", (6,), dtype="int32")
+    y = g.input("y", (), dtype="int32")
+    h = gc.gru(gc.embedding(ids, 11, 5, name="emb"), 8, name="gru")
+    logits = gc.dense(h, 3, name="out")
+    g.output("probs", gc.softmax(logits))
+    g.minimize(gc.softmax_cross_entropy(logits, y))
+    model = gc.compile(g, batch_size=8, optimizer=gc.Adam(0.01), seed=0)
+    tokens = rng.integers(0, 11, size=(64, 6)).astype(np.int32)
+    model.fit(tokens, (tokens[:, 0] % 3).astype(np.int32), epochs=2, verbose=0)
+    model.export(str(tmp_path))
+    exe = str(tmp_path / "seq")
+    subprocess.run(
+        [
+            "gcc",
+            *STRICT,
+            "-o",
+            exe,
+            *(str(tmp_path / f) for f in ("main.c", "seq.c", "seq_weights.c")),
+            "-lm",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    got = _run([exe], tokens[:20].astype(np.float64))
+    ref = model.predict(tokens[:20])
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import sympy as sp
 
 from graphc.codegen.c import (
     KernelContexts,
@@ -46,6 +47,7 @@ class ExportResult:
     files: tuple[str, ...]
     arena_bytes: int
     weight_bytes: int
+    quantized: tuple[str, ...] = ()
 
     def report(self) -> str:
         """Arena and weight sizes, plus Cortex-M4 text/data/bss when arm-none-eabi-gcc exists."""
@@ -54,6 +56,8 @@ class ExportResult:
             f"  arena (RAM, peak of live tensors): {self.arena_bytes} bytes",
             f"  weights (const, flash):            {self.weight_bytes} bytes",
         ]
+        if self.quantized:
+            lines.append(f"  int8 layers:                       {', '.join(self.quantized)}")
         sizes = cortex_m4_sizes(self.directory, self.name)
         if sizes is None:
             lines.append(
@@ -65,6 +69,45 @@ class ExportResult:
                 f"text {sizes['text']}  data {sizes['data']}  bss {sizes['bss']} bytes"
             )
         return "\n".join(lines)
+
+    def evaluate(self, model: Any, inputs: Any, labels: Any = None) -> dict[str, float]:
+        """Build the export with the host compiler, run it on ``inputs`` and compare with the model.
+
+        Returns the largest difference of the outputs, the fraction of rows whose class
+        agrees with ``model.predict`` and, given ``labels``, both accuracies: the accuracy
+        lost by the export (by int8 quantization, say) measured.
+        """
+        import shutil as _shutil
+
+        cc = _shutil.which("cc") or _shutil.which("gcc") or _shutil.which("clang")
+        if cc is None:
+            raise GraphError("ExportResult.evaluate needs a C compiler (cc, gcc or clang)")
+        exe = os.path.join(self.directory, self.name + "_eval")
+        sources = [
+            os.path.join(self.directory, f)
+            for f in ("main.c", f"{self.name}.c", f"{self.name}_weights.c")
+        ]
+        subprocess.run(
+            [cc, "-std=c99", "-O2", "-o", exe, *sources, "-lm"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        rows = np.asarray(inputs, dtype=np.float64).reshape(len(inputs), -1)
+        text = "\n".join(" ".join(f"{v:.9g}" for v in row) for row in rows)
+        out = subprocess.run([exe], input=text, capture_output=True, text=True, check=True).stdout
+        got = np.array([[float(v) for v in line.split()] for line in out.strip().splitlines()])
+        ref = np.asarray(model.predict(inputs)).reshape(len(got), -1)
+        result = {
+            "max_abs_diff": float(np.abs(got - ref).max()),
+            "agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
+        }
+        if labels is not None:
+            labels = np.asarray(labels).ravel()
+            result["model_accuracy"] = float((ref.argmax(1) == labels).mean())
+            result["export_accuracy"] = float((got.argmax(1) == labels).mean())
+            result["accuracy_loss"] = result["model_accuracy"] - result["export_accuracy"]
+        return result
 
 
 def cortex_m4_sizes(directory: str, name: str) -> dict[str, int] | None:
@@ -102,6 +145,101 @@ def cortex_m4_sizes(directory: str, name: str) -> dict[str, int] | None:
     return {"text": int(total[0]), "data": int(total[1]), "bss": int(total[2])}
 
 
+def _align64(n: int) -> int:
+    return (n + 63) // 64 * 64
+
+
+@dataclass(frozen=True)
+class _Int8Layer:
+    """A dense layer's product done in int8: its weight tensor and its input's scale."""
+
+    label: str  # the weight parameter's graph name
+    weight: str  # the weight tensor's C name
+    k: int  # inputs per row
+    input_scale: float
+
+
+def _quantized_layers(model: Any, program: Any, calibration: Any) -> dict[str, _Int8Layer]:
+    """Dense products of the inference program, each with its input's calibrated scale.
+
+    The scale is max |input| over the calibration rows / 127: each layer's input is read
+    from a copy of the graph whose outputs are those inputs.
+    """
+    import copy
+
+    from graphc.compiler import compile as compile_graph
+    from graphc.kernels import GemmKernel
+
+    layers = [
+        k
+        for k in program.kernels
+        if isinstance(k, GemmKernel)
+        and not k.trans_a
+        and not k.trans_b
+        and k.b.role == "param"
+        and k.a.dtype == "real"
+    ]
+    if not layers:
+        raise GraphError("export(quantize='int8'): the model has no dense layer to quantize")
+    graph = model.graph
+    given = calibration if isinstance(calibration, (tuple, list)) else (calibration,)
+    by_input = {t.label: np.asarray(v) for t, v in zip(model.plan.inputs, given)}
+    inner = [k for k in layers if k.a.role != "input"]
+    seen: dict[str, np.ndarray] = {}
+    if inner:
+        probe = copy.copy(graph)  # the same nodes, other outputs: the user's graph is untouched
+        probe.outputs = {f"q8_{i}": graph.node(k.a.label) for i, k in enumerate(inner)}
+        probe.loss = None
+        probe_model = compile_graph(probe, batch_size=64, dtype=model.plan.dtype, seed=0)
+        probe_model.set_params(model.params)
+        values = probe_model.predict(*given)
+        values = values if isinstance(values, dict) else {"q8_0": values}
+        seen = {k.name: values[f"q8_{i}"] for i, k in enumerate(inner)}
+    result = {}
+    for k in layers:
+        data = by_input[k.a.label] if k.a.role == "input" else seen[k.name]
+        peak = float(np.abs(data).max())
+        result[k.name] = _Int8Layer(
+            k.b.label, k.b.name, k.k.coef, peak / 127.0 if peak > 0 else 1.0
+        )
+    return result
+
+
+class _Int8Contexts(KernelContexts):
+    """Kernel contexts where the quantized dense products use the int8 template."""
+
+    def __init__(
+        self, target: Target, dtype: str, layers: dict[str, _Int8Layer], prefix: str
+    ) -> None:
+        super().__init__(target, dtype)
+        self.layers = layers
+        self.prefix = prefix
+        self.int8_params = {q.weight for q in layers.values()}
+
+    def context(self, kernel: Any) -> dict[str, Any]:
+        ctx = super().context(kernel)
+        layer = self.layers.get(kernel.name)
+        if layer is None:
+            return ctx
+        real = self.target.real
+        ctx["params"] = (
+            ctx["params"].replace(
+                f"const {real} *restrict {layer.weight}", f"const int8_t *restrict {layer.weight}"
+            )
+            + ", int8_t *restrict q8_scratch"
+        )
+        ctx["args"] += ", q8_scratch"
+        printer = self.printer
+        ctx.update(
+            template="export/gemm_q8.c.j2",
+            input_scale=printer.doprint(sp.Float(layer.input_scale, 9)),
+            inverse_scale=printer.doprint(sp.Float(1.0 / layer.input_scale, 9)),
+            weight_scale=f"{self.prefix}_{layer.weight}_scale",
+            round="lroundf" if real == "float" else "lround",
+        )
+        return ctx
+
+
 def _runtime_text(name: str) -> str:
     """A runtime header's text, pasted into the export so it needs no graphc files."""
     from graphc.codegen.c import RUNTIME_DIR
@@ -123,10 +261,29 @@ def _literal(value: float, dtype: str) -> str:
 
 
 def export(
-    model: Any, directory: str, name: str | None = None, training: bool = False, batch_size: int = 1
+    model: Any,
+    directory: str,
+    name: str | None = None,
+    training: bool = False,
+    batch_size: int = 1,
+    quantize: str | None = None,
+    calibration: Any = None,
 ) -> ExportResult:
-    """Write a self-contained C99 project for ``model`` into ``directory``."""
+    """Write a self-contained C99 project for ``model`` into ``directory``.
+
+    ``quantize="int8"`` stores the weights of every dense layer as int8 with one scale per
+    output unit, quantizes the layer's input with one scale calibrated on ``calibration``
+    (rows of the model's inputs) and sums in int32; other ops stay in floating point.
+    """
     graph = model.graph
+    if quantize not in (None, "int8"):
+        raise GraphError(f"export: quantize must be None or 'int8', not {quantize!r}")
+    if quantize and training:
+        raise GraphError("export: an int8 export is inference-only; drop training=True")
+    if quantize and calibration is None:
+        raise GraphError(
+            "export(quantize='int8') needs calibration data: some rows of the model's inputs"
+        )
     if not graph.outputs:
         raise GraphError("export needs a model with outputs (g.output(name, node))")
     name = sanitize(name or model.plan.name)
@@ -139,16 +296,17 @@ def export(
     plan, _ = plan_model(graph, batch_size, model.plan.dtype, optimizer, frozen)
     real = "float" if plan.dtype == "float32" else "double"
     target = Target(name="embedded", real=real, parallel_for="", single="", simd="")
-    contexts = KernelContexts(target, plan.dtype)
     env = environment()
     params = {pp.param.name: pp.param for pp in plan.params}
     values = model.params
+    programs = {p.name: p for p in plan.programs}
+    quantized = _quantized_layers(model, programs["infer"], calibration) if quantize else {}
+    contexts = _Int8Contexts(target, plan.dtype, quantized, name)
 
     def weight_symbol(t: Tensor) -> str:
         return f"{name}_{t.name}"
 
     base = plan.memory.persistent_bytes
-    programs = {p.name: p for p in plan.programs}
     wanted = ["infer"] + (["train"] if training else [])
     contexts_by_program = {}
     for pname in wanted:
@@ -156,6 +314,8 @@ def export(
 
         def place(t: Tensor, pname: str = pname) -> tuple[str, str]:
             ctype = c_type(t, real)
+            if t.name in contexts.int8_params:
+                return "const int8_t", f"{weight_symbol(t)}_q"
             if t.name in params and not training:
                 return f"const {ctype}", weight_symbol(t)
             if t.name in plan.memory.persistent:
@@ -171,6 +331,17 @@ def export(
         else:
             ctx.update(head="unsigned char *memory", arena="memory")
         contexts_by_program[pname] = ctx
+    if quantized:
+        # one int8 copy of a layer's input rows, after everything else in the arena
+        scratch = _align64(plan.memory.transient_peak["infer"])
+        contexts_by_program["infer"]["locals"].append(
+            (
+                "int8_t",
+                "q8_scratch",
+                f"(int8_t *)(memory + {scratch})",
+                "int8 copy of a layer's input",
+            )
+        )
 
     kernels, seen = [], set()
     for pname in wanted:
@@ -183,17 +354,53 @@ def export(
         arena = max(arena, STATE_BYTES + base + plan.memory.transient_peak["infer"])
     else:
         arena = plan.memory.transient_peak["infer"]
+    if quantized:
+        arena = _align64(arena) + plan.batch * max(q.k for q in quantized.values())
     weights = []
     for pp in plan.params:
-        array = np.asarray(values[pp.param.label], dtype=np.float64).ravel()
+        array = np.asarray(values[pp.param.label], dtype=np.float64)
+        entry = {
+            "label": pp.param.label,
+            "shape": "x".join(map(str, pp.param.shape)),
+            "offset": STATE_BYTES + plan.memory.persistent[pp.param.name],
+        }
+        if pp.param.name in contexts.int8_params:
+            # (in, out) stored transposed as [out][in] int8, so each unit's weights are contiguous
+            scale = np.abs(array).max(axis=0) / 127.0
+            scale[scale == 0] = 1.0
+            q = np.clip(np.rint(array / scale), -127, 127).astype(np.int64).T.ravel()
+            weights.append(
+                {
+                    **entry,
+                    "symbol": weight_symbol(pp.param) + "_q",
+                    "ctype": "int8_t",
+                    "size": q.size,
+                    "bytes": q.size,
+                    "shape": entry["shape"] + " transposed",
+                    "data": ", ".join(str(v) for v in q),
+                }
+            )
+            weights.append(
+                {
+                    **entry,
+                    "symbol": weight_symbol(pp.param) + "_scale",
+                    "ctype": real,
+                    "size": scale.size,
+                    "bytes": scale.size * (4 if real == "float" else 8),
+                    "label": pp.param.label + " (scale of each output unit)",
+                    "data": ", ".join(_literal(v, plan.dtype) for v in scale),
+                }
+            )
+            continue
+        flat = array.ravel()
         weights.append(
             {
+                **entry,
                 "symbol": weight_symbol(pp.param),
-                "label": pp.param.label,
-                "size": array.size,
-                "shape": "x".join(map(str, pp.param.shape)),
-                "data": ", ".join(_literal(v, plan.dtype) for v in array),
-                "offset": STATE_BYTES + plan.memory.persistent[pp.param.name],
+                "ctype": real,
+                "size": flat.size,
+                "bytes": flat.size * (4 if real == "float" else 8),
+                "data": ", ".join(_literal(v, plan.dtype) for v in flat),
             }
         )
     infer_inputs = [(c_type(t, real), t.name, t.per_sample) for t in programs["infer"].inputs]
@@ -227,7 +434,7 @@ def export(
         "kernels": kernels,
         "programs": contexts_by_program,
         "weights": weights,
-        "weight_bytes": sum(w["size"] for w in weights) * (4 if real == "float" else 8),
+        "weight_bytes": sum(w["bytes"] for w in weights),
         "infer_inputs": infer_inputs,
         "outputs": outputs,
         "training": training,
@@ -251,4 +458,11 @@ def export(
         text = env.get_template(template).render(**ctx)
         with open(os.path.join(directory, filename), "w") as f:
             f.write(text)
-    return ExportResult(directory, name, tuple(files), arena, ctx["weight_bytes"])
+    return ExportResult(
+        directory,
+        name,
+        tuple(files),
+        arena,
+        ctx["weight_bytes"],
+        tuple(q.label for q in quantized.values()),
+    )

@@ -19,7 +19,7 @@ import numpy as np
 from graphc.checkpoint import Checkpoint
 from graphc.checkpoint import load as load_checkpoint
 from graphc.checkpoint import save as save_checkpoint
-from graphc.errors import CheckpointError, GraphError
+from graphc.errors import CheckpointError, DeviceError, GraphError
 from graphc.graph import Graph
 from graphc.history import Callback, History
 from graphc.kernels import ModelPlan, Tensor
@@ -63,8 +63,14 @@ class Model:
         self._ffi = library.ffi
         self._lib = library.lib
         self._real = np.float32 if plan.dtype == "float32" else np.float64
+        # a CUDA model keeps its tensors in device memory: Python copies them in and out
+        self._device = getattr(library, "target", "c") != "c"
+        self._handle = None
         handle = self._call("create")
         if handle == self._ffi.NULL:
+            if self._device:
+                reason = self._ffi.string(self._call("last_error", self._ffi.NULL)).decode()
+                raise DeviceError(f"could not create model {plan.name!r} on the GPU: {reason}")
             raise MemoryError(
                 f"could not allocate the {plan.memory.arena_bytes}-byte arena of model {plan.name!r}"
             )
@@ -92,7 +98,37 @@ class Model:
 
     # --- plumbing -------------------------------------------------------------------------
     def _call(self, name: str, *args: Any) -> Any:
-        return getattr(self._lib, f"{self.plan.name}_{name}")(*args)
+        result = getattr(self._lib, f"{self.plan.name}_{name}")(*args)
+        if self._device and self._handle is not None:
+            last_error = getattr(self._lib, f"{self.plan.name}_last_error")
+            error = self._ffi.string(last_error(self._handle))
+            if error:
+                raise DeviceError(
+                    f"model {self.plan.name!r} ({name}): {error.decode()}; the model's device "
+                    "state may be lost, compile it again (GRAPHC_CUDA_SYNC=1 names the kernel "
+                    "that failed)"
+                )
+        return result
+
+    def _read(self, tensor: Tensor) -> np.ndarray:
+        """A copy of a persistent tensor (parameter, gradient, optimizer state)."""
+        if not self._device:
+            return self._view(tensor).copy()
+        array = np.empty(tensor.shape, dtype=self._real)
+        self._call(
+            "read_tensor", self._handle, self._index[tensor.name], self._ptr(array, self._ctype)
+        )
+        return array
+
+    def _write(self, tensor: Tensor, value: Any) -> None:
+        """Overwrite a persistent tensor with ``value`` (converted to the model's dtype)."""
+        if not self._device:
+            self._view(tensor)[...] = value
+            return
+        array = np.ascontiguousarray(np.broadcast_to(value, tensor.shape), dtype=self._real)
+        self._call(
+            "write_tensor", self._handle, self._index[tensor.name], self._ptr(array, self._ctype)
+        )
 
     def _view(self, tensor: Tensor) -> np.ndarray:
         """A NumPy view of a persistent tensor in the arena (valid while the model lives)."""
@@ -109,7 +145,7 @@ class Model:
         by_name = {p.name: p for p in self.graph.params}
         for pp in self.plan.params:
             node = by_name[pp.param.label]
-            self._view(pp.param)[...] = node.attrs["init"].sample(node.shape, rng)
+            self._write(pp.param, node.attrs["init"].sample(node.shape, rng))
 
     def _inputs(
         self, args: tuple, kwargs: dict, wanted: tuple[Tensor, ...], what: str
@@ -229,7 +265,7 @@ class Model:
             raise ValueError(f"gradients: got {rows} rows; give 1 to {self.plan.batch}")
         self._call("gradients", self._handle, *self._c_args(arrays, tensors), rows)
         return {
-            label: self._view(pp.grad).copy()
+            label: self._read(pp.grad)
             for label, pp in self._param_plans.items()
             if pp.grad is not None
         }
@@ -245,7 +281,7 @@ class Model:
         callbacks: list[Callback] | None = None,
         **kwargs: Any,
     ) -> History:
-        """Train for ``epochs`` epochs; each epoch is one call into C.
+        """Train for ``epochs`` epochs; each epoch is one call into C (or CUDA).
 
         ``verbose="auto"`` shows a progress bar (loss, accuracy, samples/s) on a terminal or
         in a notebook, 0 keeps quiet, 1 always shows it.  ``callbacks`` (for example
@@ -268,45 +304,53 @@ class Model:
         for callback in callbacks:
             callback.on_train_begin(self)
         bar = _progress(epochs, verbose)
-        for _ in range(epochs):
-            epoch = int(self._call("epoch", self._handle))
-            started = time.perf_counter()
-            shuffle_seed = (base_seed * 1_000_003 + epoch) & 0xFFFFFFFFFFFFFFFF
-            loss = self._call(
-                "train_epoch",
-                self._handle,
-                *pointers,
-                rows,
-                self._ptr(perm, "int64_t"),
-                shuffle_seed,
-                int(shuffle),
-                hits,
-            )
-            elapsed = time.perf_counter() - started
-            metrics = {"loss": loss}
-            if self.plan.accuracy:
-                metrics["accuracy"] = hits[0] / (rows * self.plan.rows_per_sample)
-            if validation_data is not None:
-                val = (
-                    self.evaluate(validation_data)
-                    if isinstance(validation_data, dict)
-                    else self.evaluate(*validation_data)
+        # a CUDA model copies the training set to the device once per fit, when it fits there
+        resident = self._device and self._call("data_upload", self._handle, *pointers, rows) == 0
+        try:
+            for _ in range(epochs):
+                epoch = int(self._call("epoch", self._handle))
+                started = time.perf_counter()
+                shuffle_seed = (base_seed * 1_000_003 + epoch) & 0xFFFFFFFFFFFFFFFF
+                # resident: the CUDA model gathers batches from its device copy of the data set
+                data = [] if resident else pointers
+                loss = self._call(
+                    "data_epoch" if resident else "train_epoch",
+                    self._handle,
+                    *data,
+                    rows,
+                    self._ptr(perm, "int64_t"),
+                    shuffle_seed,
+                    int(shuffle),
+                    hits,
                 )
-                metrics.update({f"val_{k}": v for k, v in val.items()})
-            history.append(**metrics)
-            if bar is not None:
-                bar.set_postfix(
-                    {
-                        **{k: f"{v:.4f}" for k, v in metrics.items()},
-                        "samples/s": f"{rows / max(elapsed, 1e-9):,.0f}",
-                    }
-                )
-                bar.update(1)
-            stop = False
-            for callback in callbacks:
-                stop = callback.on_epoch_end(self, epoch + 1, metrics) or stop
-            if stop:
-                break
+                elapsed = time.perf_counter() - started
+                metrics = {"loss": loss}
+                if self.plan.accuracy:
+                    metrics["accuracy"] = hits[0] / (rows * self.plan.rows_per_sample)
+                if validation_data is not None:
+                    val = (
+                        self.evaluate(validation_data)
+                        if isinstance(validation_data, dict)
+                        else self.evaluate(*validation_data)
+                    )
+                    metrics.update({f"val_{k}": v for k, v in val.items()})
+                history.append(**metrics)
+                if bar is not None:
+                    bar.set_postfix(
+                        {
+                            **{k: f"{v:.4f}" for k, v in metrics.items()},
+                            "samples/s": f"{rows / max(elapsed, 1e-9):,.0f}",
+                        }
+                    )
+                    bar.update(1)
+                stop = False
+                for callback in callbacks:
+                    stop = callback.on_epoch_end(self, epoch + 1, metrics) or stop
+                if stop:
+                    break
+        finally:
+            if resident:
+                self._call("data_release", self._handle)
         if bar is not None:
             bar.close()
         for callback in callbacks:
@@ -344,7 +388,7 @@ class Model:
     @property
     def params(self) -> dict[str, np.ndarray]:
         """Copies of every parameter, by graph name."""
-        return {label: self._view(pp.param).copy() for label, pp in self._param_plans.items()}
+        return {label: self._read(pp.param) for label, pp in self._param_plans.items()}
 
     def set_params(self, values: dict[str, Any] | Checkpoint, strict: bool = True) -> None:
         """Overwrite parameters by name; unknown names or wrong shapes raise (unless not strict).
@@ -372,7 +416,7 @@ class Model:
                 continue
             checked[name] = array
         for name, array in checked.items():
-            self._view(self._param_plans[name].param)[...] = array
+            self._write(self._param_plans[name].param, array)
 
     @property
     def lr(self) -> float:
@@ -421,7 +465,7 @@ class Model:
     def optimizer_state(self) -> dict[str, dict[str, np.ndarray]]:
         """Copies of the optimizer state of every trained parameter: {param: {state: array}}."""
         return {
-            label: {s.label[len(label) + 1 :]: self._view(s).copy() for s in pp.states}
+            label: {s.label[len(label) + 1 :]: self._read(s) for s in pp.states}
             for label, pp in self._param_plans.items()
             if pp.states
         }
@@ -481,6 +525,7 @@ class Model:
             raise GraphError("freeze/unfreeze need a trainable model (a loss and an optimizer)")
         model = compile_graph(
             self.graph,
+            target=self._options.get("target", "c"),
             batch_size=self._options.get("batch_size", self.plan.batch),
             dtype=self.plan.dtype,
             optimizer=copy.deepcopy(self.optimizer),
@@ -577,7 +622,7 @@ class Model:
                     continue
                 writes.append((tensor, value))
         for tensor, array in writes:
-            self._view(tensor)[...] = array
+            self._write(tensor, array)
         self._call("set_counters", self._handle, int(ckpt.step), int(ckpt.epoch))
         self.seed = ckpt.seed
         if ckpt.lr is not None and self.optimizer is not None:
@@ -668,12 +713,30 @@ class Model:
         }
 
     def export(
-        self, directory: str, name: str | None = None, training: bool = False, batch_size: int = 1
+        self,
+        directory: str,
+        name: str | None = None,
+        training: bool = False,
+        batch_size: int = 1,
+        quantize: str | None = None,
+        calibration: Any = None,
     ):
-        """Write a standalone C99 project (no malloc, no threads) for embedded targets."""
+        """Write a standalone C99 project (no malloc, no threads) for embedded targets.
+
+        ``quantize="int8"`` with ``calibration`` rows gives int8 dense layers; the returned
+        ExportResult's ``evaluate(model, X, y)`` measures the accuracy this costs.
+        """
         from graphc.export import export
 
-        return export(self, directory, name=name, training=training, batch_size=batch_size)
+        return export(
+            self,
+            directory,
+            name=name,
+            training=training,
+            batch_size=batch_size,
+            quantize=quantize,
+            calibration=calibration,
+        )
 
     def explain(self) -> str:
         """The δ recurrences and parameter gradients the compiler derived, as text."""

@@ -308,3 +308,30 @@ def test_recurrent_export_matches_predict(tmp_path):
     got = _run([exe], tokens[:20].astype(np.float64))
     ref = model.predict(tokens[:20])
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_int8_export_accuracy_loss_is_small(trained, tmp_path):
+    """Per-unit int8 weights, a calibrated int8 input per layer, int32 sums: accuracy kept."""
+    model, X, Y = trained
+    calibration = _digits()[0][:300]
+    as_float = model.export(str(tmp_path / "f32"))
+    result = model.export(str(tmp_path / "q8"), quantize="int8", calibration=calibration)
+    assert result.quantized == ("hidden.W", "out.W")
+    assert result.weight_bytes < 0.4 * as_float.weight_bytes
+    source = (tmp_path / "q8" / "digits.c").read_text()
+    assert (
+        "int32_t gc_acc" in source
+        and "const int8_t digits_hidden_W_q" in (tmp_path / "q8" / "digits_weights.c").read_text()
+    )
+    subprocess.run(
+        ["gcc", *STRICT, "-c", str(tmp_path / "q8" / "digits.c"), "-o", str(tmp_path / "q8.o")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    figures = result.evaluate(model, X, Y)
+    assert figures["agreement"] >= 0.97
+    assert figures["accuracy_loss"] <= 0.02
+    assert "int8 layers" in result.report()
+    with pytest.raises(gc.GraphError, match="calibration"):
+        model.export(str(tmp_path / "bad"), quantize="int8")

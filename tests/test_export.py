@@ -36,17 +36,17 @@ def trained():
     return model, X[1000:1200], Y[1000:1200]
 
 
-def _build(directory: str, cc: str, extra: list[str] | None = None, static: bool = False) -> str:
-    exe = os.path.join(directory, f"digits-{os.path.basename(cc)}")
-    cmd = [
-        cc,
-        *STRICT,
-        *(extra or []),
-        "-o",
-        exe,
-        *(os.path.join(directory, f) for f in ("main.c", "digits.c", "digits_weights.c")),
-        "-lm",
-    ]
+def _build(
+    directory: str,
+    cc: str,
+    extra: list[str] | None = None,
+    static: bool = False,
+    name: str = "digits",
+) -> str:
+    """Compile an export's main.c, NAME.c and NAME_weights.c strictly; returns the program."""
+    exe = os.path.join(directory, f"{name}-{os.path.basename(cc)}")
+    sources = (os.path.join(directory, f) for f in ("main.c", f"{name}.c", f"{name}_weights.c"))
+    cmd = [cc, *STRICT, *(extra or []), "-o", exe, *sources, "-lm"]
     if static:
         cmd.insert(1, "-static")
     subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -212,20 +212,7 @@ def test_cnn_export_matches_predict(tmp_path):
     model = gc.compile(g, batch_size=32, optimizer=gc.Adam(0.01), seed=0)
     model.fit(images[:500], Y[:500], epochs=2, verbose=0)
     model.export(str(tmp_path))
-    exe = str(tmp_path / "cnn")
-    subprocess.run(
-        [
-            "gcc",
-            *STRICT,
-            "-o",
-            exe,
-            *(str(tmp_path / f) for f in ("main.c", "cnn.c", "cnn_weights.c")),
-            "-lm",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    exe = _build(str(tmp_path), "gcc", name="cnn")
     got = _run([exe], X[1000:1040])
     ref = model.predict(images[1000:1040])
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
@@ -291,20 +278,7 @@ def test_recurrent_export_matches_predict(tmp_path):
     tokens = rng.integers(0, 11, size=(64, 6)).astype(np.int32)
     model.fit(tokens, (tokens[:, 0] % 3).astype(np.int32), epochs=2, verbose=0)
     model.export(str(tmp_path))
-    exe = str(tmp_path / "seq")
-    subprocess.run(
-        [
-            "gcc",
-            *STRICT,
-            "-o",
-            exe,
-            *(str(tmp_path / f) for f in ("main.c", "seq.c", "seq_weights.c")),
-            "-lm",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    exe = _build(str(tmp_path), "gcc", name="seq")
     got = _run([exe], tokens[:20].astype(np.float64))
     ref = model.predict(tokens[:20])
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)

@@ -1,8 +1,10 @@
-"""Build: find the C compiler, compile generated code into a cached shared library, load it.
+"""Build: find the compiler, compile generated code into a cached shared library, load it.
 
-Cache key = sha256(source, header, runtime headers, flags, compiler version).  Entries
-live under ``$GRAPHC_CACHE_DIR`` (default ``~/.cache/graphc``); every file is written
-under a temporary name and renamed into place, so concurrent builds never see a torn file.
+C models build with cc/gcc/clang, CUDA models with nvcc, and the CUDA emulation (a testing
+aid) with the host C++ compiler.  Cache key = sha256(source, header, runtime headers,
+compiler and flags, compiler version, target).  Entries live under ``$GRAPHC_CACHE_DIR``
+(default ``~/.cache/graphc``); every file is written under a temporary name and renamed
+into place, so concurrent builds never see a torn file.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 import cffi
 
 from graphc.codegen.c import RUNTIME_DIR
-from graphc.errors import CompileError, CompilerNotFoundError
+from graphc.errors import CompileError, CompilerNotFoundError, DeviceError
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,8 @@ class Library:
     library_path: str
     flags: tuple[str, ...]
     compiler: str
+    #: 'c', 'cuda' or 'cuda-emu': where the model's tensors live and how Python reaches them
+    target: str = "c"
 
 
 def _atomic_write(path: str, data: bytes) -> None:
@@ -132,17 +136,27 @@ def _runtime_text() -> str:
     return "\n".join(parts)
 
 
-def build_c(
-    name: str, source: str, header: str, cdef: str, cflags: list[str] | None = None
+def _compile_cached(
+    name: str,
+    source: str,
+    header: str,
+    cdef: str,
+    compiler: list[str],
+    version: str,
+    flags: list[str],
+    extension: str,
+    libraries: list[str],
+    target: str,
+    load: bool = True,
 ) -> Library:
-    """Compile (or fetch from the cache) and load a generated model."""
-    cc = find_compiler()
-    flags = list(cflags) if cflags is not None else default_flags(cc)
+    """Compile ``source`` (or find it in the cache) into lib<name>.so, and load it."""
     key = hashlib.sha256(
-        "\0".join([source, header, _runtime_text(), " ".join(flags), compiler_version(cc)]).encode()
+        "\0".join(
+            [source, header, _runtime_text(), " ".join(compiler + flags), version, target]
+        ).encode()
     ).hexdigest()[:24]
     directory = os.path.join(cache_dir(), f"{name}-{key}")
-    source_path = os.path.join(directory, f"{name}.c")
+    source_path = os.path.join(directory, f"{name}.{extension}")
     header_path = os.path.join(directory, f"{name}.h")
     library_path = os.path.join(directory, f"lib{name}.so")
     if not os.path.exists(library_path):
@@ -152,25 +166,200 @@ def build_c(
         fd, tmp_lib = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".so")
         os.close(fd)
         command = (
-            shlex.split(cc)
+            compiler
             + flags
-            + ["-I", RUNTIME_DIR, "-I", directory, "-o", tmp_lib, source_path, "-lm"]
+            + ["-I", RUNTIME_DIR, "-I", directory, "-o", tmp_lib, source_path]
+            + libraries
         )
         log.info("compiling %s", " ".join(command))
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             os.unlink(tmp_lib)
             raise CompileError(
-                f"the C compiler failed on the generated code of model {name!r} "
-                f"(command: {' '.join(command)})",
+                f"the {'C' if target == 'c' else 'CUDA'} compiler failed on the generated code "
+                f"of model {name!r} (command: {' '.join(command)})",
                 result.stderr + result.stdout,
                 source_path,
             )
         os.replace(tmp_lib, library_path)
     ffi = cffi.FFI()
     ffi.cdef(cdef)
-    lib = ffi.dlopen(library_path)
-    return Library(ffi, lib, directory, source_path, header_path, library_path, tuple(flags), cc)
+    lib = ffi.dlopen(library_path) if load else None
+    return Library(
+        ffi,
+        lib,
+        directory,
+        source_path,
+        header_path,
+        library_path,
+        tuple(flags),
+        " ".join(compiler),
+        target,
+    )
+
+
+def build_c(
+    name: str, source: str, header: str, cdef: str, cflags: list[str] | None = None
+) -> Library:
+    """Compile (or fetch from the cache) and load a generated model."""
+    cc = find_compiler()
+    flags = list(cflags) if cflags is not None else default_flags(cc)
+    return _compile_cached(
+        name, source, header, cdef, shlex.split(cc), compiler_version(cc), flags, "c", ["-lm"], "c"
+    )
+
+
+# --- CUDA -----------------------------------------------------------------------------------
+#: the architecture when nvcc finds no GPU to target (-arch=native): Hopper
+FALLBACK_ARCH = "sm_90"
+
+
+def find_nvcc() -> str:
+    """The CUDA compiler: ``$NVCC``, else nvcc on PATH or in /usr/local/cuda/bin."""
+    env = os.environ.get("NVCC")
+    if env:
+        if shutil.which(shlex.split(env)[0]) is None:
+            raise CompilerNotFoundError(
+                f"NVCC is set to {env!r} but that program was not found; install the CUDA "
+                "toolkit or unset NVCC"
+            )
+        return env
+    found = shutil.which("nvcc") or shutil.which("nvcc", path="/usr/local/cuda/bin")
+    if found is None:
+        raise CompilerNotFoundError(
+            "target='cuda' needs nvcc, the CUDA toolkit's compiler, on PATH (or NVCC set); "
+            "to run the generated kernels on the CPU instead, use target='cuda-emu'"
+        )
+    return found
+
+
+def find_cxx() -> str:
+    """The host C++ compiler of the CUDA emulation: ``$CXX``, else c++, g++ or clang++."""
+    env = os.environ.get("CXX")
+    if env:
+        if shutil.which(shlex.split(env)[0]) is None:
+            raise CompilerNotFoundError(
+                f"CXX is set to {env!r} but that program was not found; install it or unset CXX"
+            )
+        return env
+    for name in ("c++", "g++", "clang++"):
+        if shutil.which(name):
+            return name
+    raise CompilerNotFoundError(
+        "target='cuda-emu' needs a C++ compiler with OpenMP (c++, g++ or clang++ on PATH, or "
+        "CXX set); on Debian/Ubuntu: apt-get install g++"
+    )
+
+
+@functools.cache
+def cuda_arch_flags(nvcc: str) -> tuple[str, ...]:
+    """``-arch`` for nvcc: $GRAPHC_CUDA_ARCH, else the GPU of this machine, else sm_90."""
+    arch = os.environ.get("GRAPHC_CUDA_ARCH")
+    if arch:
+        return (f"-arch={arch}",)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.cu")
+        with open(src, "w") as f:
+            f.write("__global__ void probe(float *x) { x[0] = 1.0f; }\n")
+        result = subprocess.run(
+            shlex.split(nvcc) + ["-arch=native", "-c", "-o", os.path.join(tmp, "probe.o"), src],
+            capture_output=True,
+            text=True,
+        )
+    # without a GPU nvcc warns and compiles for its default: name a definite one instead
+    if result.returncode == 0 and "Cannot find valid GPU" not in result.stderr + result.stdout:
+        return ("-arch=native",)
+    return (f"-arch={FALLBACK_ARCH}",)
+
+
+def cuda_flags(nvcc: str) -> list[str]:
+    """nvcc flags: -O3, a shared library of position-independent code, warnings on."""
+    flags = ["-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC,-Wall,-Wextra"]
+    flags += list(cuda_arch_flags(nvcc))
+    if os.environ.get("GRAPHC_WERROR"):
+        flags += ["-Werror", "all-warnings", "-Xcompiler", "-Werror"]
+    return flags
+
+
+def emulation_flags() -> list[str]:
+    """Host C++ flags of target='cuda-emu': the .cu file as C++ with the emulation header."""
+    flags = ["-x", "c++", "-std=c++17", "-O2", "-fPIC", "-shared", "-fopenmp", "-DGC_CUDA_EMU"]
+    flags += ["-Wall", "-Wextra"]
+    if os.environ.get("GRAPHC_WERROR"):
+        flags.append("-Werror")
+    return flags
+
+
+def cuda_device_error() -> str | None:
+    """Why no CUDA device can run a model here (None when one can): asks the driver."""
+    import ctypes
+
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "no NVIDIA driver is installed (libcuda.so.1 was not found)"
+    status = driver.cuInit(0)
+    if status != 0:
+        return f"the NVIDIA driver did not start (cuInit returned error {status})"
+    count = ctypes.c_int(0)
+    status = driver.cuDeviceGetCount(ctypes.byref(count))
+    if status != 0 or count.value == 0:
+        return "the NVIDIA driver lists no CUDA device"
+    return None
+
+
+def build_cuda(
+    name: str,
+    source: str,
+    header: str,
+    cdef: str,
+    emulate: bool = False,
+    flags: list[str] | None = None,
+    load: bool = True,
+) -> Library:
+    """Compile a generated CUDA model with nvcc (or, emulated, as C++ for the CPU) and load it.
+
+    ``load=False`` only compiles (and caches): tests check the generated CUDA compiles on a
+    machine without a GPU.
+    """
+    if emulate:
+        cxx = find_cxx()
+        chosen = list(flags) if flags is not None else emulation_flags()
+        return _compile_cached(
+            name,
+            source,
+            header,
+            cdef,
+            shlex.split(cxx),
+            compiler_version(cxx),
+            chosen,
+            "cu",
+            ["-lm"],
+            "cuda-emu",
+            load,
+        )
+    nvcc = find_nvcc()
+    if load:
+        reason = cuda_device_error()
+        if reason is not None:
+            raise DeviceError(
+                f"model {name!r} cannot run on a GPU here: {reason}; target='cuda-emu' runs "
+                "the same kernels on the CPU"
+            )
+    chosen = list(flags) if flags is not None else cuda_flags(nvcc)
+    return _compile_cached(
+        name,
+        source,
+        header,
+        cdef,
+        shlex.split(nvcc),
+        compiler_version(nvcc),
+        chosen,
+        "cu",
+        [],
+        "cuda",
+        load,
+    )
 
 
 def clear_cache() -> int:

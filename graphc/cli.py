@@ -92,7 +92,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     prefix = model.plan.name
     copies = {
         model.library_path: f"lib{prefix}.so",
-        model.source_path: f"{prefix}.c",
+        model.source_path: os.path.basename(model.source_path),
         model._library.header_path: f"{prefix}.h",
     }
     from graphc.codegen.c import RUNTIME_DIR
@@ -122,13 +122,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _kernel_blocks(source: str) -> dict[str, str]:
-    """Split generated C into kernel texts by their 'static void NAME(' definitions."""
+    """Split generated C into kernel texts by their 'static void NAME(' definitions (in
+    CUDA, the launch wrappers' 'static cudaError_t NAME(')."""
     blocks: dict[str, str] = {}
     chunks = source.split("\n/* ")
     for chunk in chunks:
         for line in chunk.splitlines():
-            if line.startswith("static void ") and "(" in line:
-                name = line[len("static void ") : line.index("(")]
+            head = next(
+                (h for h in ("static void ", "static cudaError_t ") if line.startswith(h)), None
+            )
+            if head and "(" in line:
+                name = line[len(head) : line.index("(")]
                 if name.endswith("_epilogue"):
                     continue
                 blocks[name] = "/* " + chunk.rstrip() + "\n"
@@ -250,7 +254,10 @@ def parser() -> argparse.ArgumentParser:
         )
         if compile_opts:
             q.add_argument(
-                "--target", default="c", choices=["c", "cuda"], help="backend (default c)"
+                "--target",
+                default="c",
+                choices=["c", "cuda", "cuda-emu"],
+                help="backend (default c; cuda-emu runs the CUDA kernels on the CPU, for tests)",
             )
             q.add_argument(
                 "--batch-size", type=int, default=32, help="rows per training step (default 32)"

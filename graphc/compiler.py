@@ -7,8 +7,9 @@
     5. optimizer (optim.py)    update rule (sympy)    -> [gradient-norm kernel when clipping,]
                                                          one fused update kernel per parameter
     6. memory (passes/memory)  kernels of all programs -> MemoryPlan: offsets in one arena
-    7. codegen (codegen/c.py)  ModelPlan              -> C source, header, cffi cdef
-    8. build (build.py)        C source               -> cached shared library
+    7. codegen (codegen/c.py,  ModelPlan              -> C or CUDA source, header, cffi cdef
+       codegen/cuda.py)
+    8. build (build.py)        C or CUDA source       -> cached shared library (cc, nvcc)
     9. runtime (model.py)      library                -> Model
 
 ``plan_model`` runs stages 1-6, ``compile`` all of them.
@@ -44,6 +45,8 @@ from graphc.passes.fuse import Lowering, TensorTable, operand_symbol
 from graphc.passes.memory import plan as plan_memory
 
 DTYPES = {"float32": 4, "float64": 8}
+#: backends of stages 7-8: C with OpenMP, CUDA, and CUDA emulated on the CPU (for tests)
+TARGETS = ("c", "cuda", "cuda-emu")
 
 
 def _ordered(graph_nodes: list[Node], wanted: set[Node]) -> list[Node]:
@@ -282,23 +285,42 @@ def compile(  # noqa: A001 - the public name the DSL promises
     cflags: list[str] | None = None,
     num_threads: int | None = None,
 ):
-    """Compile ``graph`` into a trainable native Model (stages 1-9)."""
-    from graphc.build import build_c
-    from graphc.codegen.c import render_model
+    """Compile ``graph`` into a trainable native Model (stages 1-9).
+
+    ``target``: ``"c"`` (C with OpenMP), ``"cuda"`` (CUDA kernels built with nvcc, tensors
+    in device memory) or ``"cuda-emu"`` (the same CUDA source compiled as C++ for the CPU
+    against an emulation header: a testing aid, see docs/cuda.md).  ``cflags`` replaces the
+    compiler flags of the chosen target.
+    """
+    from graphc.build import build_c, build_cuda
+    from graphc.codegen import c, cuda
     from graphc.model import Model
 
-    if target != "c":
-        raise GraphError(f"target {target!r} is not available; use target='c'")
+    if target not in TARGETS:
+        raise GraphError(
+            f"target {target!r} is not available; use one of {', '.join(map(repr, TARGETS))}"
+        )
     if graph.loss is not None and optimizer is None:
         from graphc.optim import SGD
 
         optimizer = SGD(lr=0.01)
     frozen = set([frozen] if isinstance(frozen, str) else (frozen or ()))
     plan, backward = plan_model(graph, batch_size, dtype, optimizer, frozen)
-    source, header, cdef = render_model(plan)
-    library = build_c(plan.name, source, header, cdef, cflags=cflags)
+    if target == "c":
+        source, header, cdef = c.render_model(plan)
+        library = build_c(plan.name, source, header, cdef, cflags=cflags)
+    else:
+        source, header, cdef = cuda.render_model(plan)
+        emulate = target == "cuda-emu"
+        library = build_cuda(plan.name, source, header, cdef, emulate=emulate, flags=cflags)
     # what Model.freeze/unfreeze need to compile the same graph again
-    options = {"batch_size": batch_size, "dtype": dtype, "frozen": frozen, "cflags": cflags}
+    options = {
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "frozen": frozen,
+        "cflags": cflags,
+        "target": target,
+    }
     return Model(
         graph,
         plan,

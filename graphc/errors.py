@@ -21,6 +21,10 @@ class CompilerNotFoundError(GraphcError, RuntimeError):
     """No C (or CUDA) compiler could be found."""
 
 
+class DeviceError(GraphcError, RuntimeError):
+    """No CUDA device can run a model, or a CUDA call of a running model failed."""
+
+
 class CompileError(GraphcError, RuntimeError):
     """The C compiler rejected generated code; carries its log and the source path."""
 

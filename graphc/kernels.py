@@ -129,6 +129,14 @@ class Kernel:
         """Tensors the kernel writes."""
         raise NotImplementedError(type(self).__name__)
 
+    def flops(self, rows: int) -> int:
+        """Rough arithmetic of one call on ``rows`` batch rows: it sizes the thread team.
+
+        By default one operation per element read or written; kernels that do more per
+        element (products, convolutions, time loops) say so.
+        """
+        return sum(t.numel(rows) for t in self.reads() + self.writes())
+
 
 @dataclass(frozen=True)
 class ElementwiseKernel(Kernel):
@@ -183,6 +191,9 @@ class GemmKernel(Kernel):
     def writes(self) -> list[Tensor]:
         extra = [a.target.tensor for a in self.epilogue.assigns] if self.epilogue else []
         return [self.c] + extra
+
+    def flops(self, rows: int) -> int:
+        return 2 * self.m.at(rows) * self.n.at(rows) * self.k.at(rows)
 
 
 @dataclass(frozen=True)

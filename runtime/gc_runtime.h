@@ -14,6 +14,7 @@
 #include "gc_gemm.h"
 #include "gc_math.h"
 #include "gc_random.h"
+#include "gc_shuffle.h"
 
 /* One 64-byte aligned, zeroed block: the model's arena. */
 static inline unsigned char *gc_arena_alloc(size_t bytes)
@@ -28,6 +29,13 @@ static inline unsigned char *gc_arena_alloc(size_t bytes)
 
 static inline void gc_arena_free(unsigned char *p) { free(p); }
 
+/* Below this many floating-point operations per call, one thread is faster than a team:
+   every kernel of a step ends in a barrier, and waking and syncing threads costs about a
+   microsecond each time.  Entry points pass `if (work >= GC_TEAM_FLOPS)` to OpenMP. */
+#ifndef GC_TEAM_FLOPS
+#define GC_TEAM_FLOPS 8e6
+#endif
+
 static inline int gc_default_threads(void)
 {
 #ifdef _OPENMP
@@ -35,21 +43,6 @@ static inline int gc_default_threads(void)
 #else
     return 1;
 #endif
-}
-
-/* perm = 0..count-1, shuffled by Fisher-Yates from `seed` when `shuffle` is set. */
-static inline void gc_permutation(int64_t *perm, int64_t count, uint64_t seed, int shuffle)
-{
-    for (int64_t i = 0; i < count; ++i)
-        perm[i] = i;
-    if (!shuffle)
-        return;
-    for (int64_t i = count - 1; i > 0; --i) {
-        const int64_t j = (int64_t)(gc_splitmix64(seed, (uint64_t)i) % (uint64_t)(i + 1));
-        const int64_t t = perm[i];
-        perm[i] = perm[j];
-        perm[j] = t;
-    }
 }
 
 #endif /* GC_RUNTIME_H */

@@ -221,7 +221,9 @@ def test_model_templates_get_every_variable_they_use(monkeypatch):
     real_environment = c.environment
 
     def recording_environment():
-        env = real_environment()
+        # a private environment: environment() is cached, and patching the shared one would
+        # leak the recording wrappers into every later test
+        env = real_environment.__wrapped__()
         get_template = env.get_template
 
         def get(name, *args, **kwargs):

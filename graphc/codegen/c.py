@@ -6,6 +6,7 @@ templates under ``templates/c`` only lay those strings out.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ import jinja2
 import jinja2.meta
 import sympy as sp
 
-from graphc.codegen.printer import CPrinter, cse_block
+from graphc.codegen.printer import CPrinter, cse_block, exp_form
 from graphc.kernels import (
     Access,
     Dim,
@@ -45,8 +46,10 @@ TEMPLATE_DIR = _data_dir("templates")
 RUNTIME_DIR = _data_dir("runtime")
 
 
+@functools.cache
 def environment() -> jinja2.Environment:
-    """The Jinja2 environment all backends share."""
+    """The Jinja2 environment all backends share (one per process: it keeps the compiled
+    templates, and compiling them costs more than rendering a whole model)."""
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
         undefined=jinja2.StrictUndefined,
@@ -64,9 +67,16 @@ class Target:
     name: str = "c"
     real: str = "float"
     template_dir: str = "c"
+    #: kernel templates are ``<template_dir>/<kind>.<extension>.j2``
+    extension: str = "c"
     parallel_for: str = "#pragma omp for schedule(static)"
     single: str = "#pragma omp single"
+    #: how a program calls a kernel's function (CUDA adds the stream and an error check)
+    call: str = "{name}({args});"
     simd: str = "#pragma omp simd"
+    #: e^x (and tanh, through it) as the runtime's inline gc_exp, so elementwise loops and
+    #: epilogues vectorize; a target whose runtime lacks gc_math.h keeps libm's exp
+    inline_exp: bool = False
 
 
 def dim_text(d: Dim) -> str:
@@ -119,19 +129,22 @@ class KernelContexts:
 
     def __init__(self, target: Target, dtype: str) -> None:
         self.target = target
-        self.printer = CPrinter(dtype)
+        self.printer = CPrinter(dtype, inline_exp=target.inline_exp)
 
     def context(self, kernel: Kernel) -> dict[str, Any]:
         """Template name and context for one kernel.
 
         Core kinds are built here; a kernel kind defined next to its op brings its own
-        ``c_context(contexts)`` method.
+        ``c_context(contexts)`` method, and a ``<target>_context`` one where another
+        backend lays the kernel out differently (``cuda_context``).
         """
-        own = getattr(kernel, "c_context", None)
+        own = getattr(kernel, f"{self.target.name}_context", None) or getattr(
+            kernel, "c_context", None
+        )
         ctx = own(self) if own is not None else getattr(self, f"_{kernel.template}")(kernel)
         ctx["name"] = kernel.name
         ctx["comment"] = kernel.comment.replace("*/", "* /")
-        ctx["template"] = f"{self.target.template_dir}/{kernel.template}.c.j2"
+        ctx["template"] = f"{self.target.template_dir}/{kernel.template}.{self.target.extension}.j2"
         ctx["parallel_for"] = self.target.parallel_for
         ctx["single"] = self.target.single
         ctx["real"] = self.target.real
@@ -144,6 +157,8 @@ class KernelContexts:
             "t": "(double)m->step",
             "step": "(uint64_t)m->step",
             "seed": "m->seed",
+            "loss": "&m->loss",
+            "correct": "&m->correct",
         }
         return values[name]
 
@@ -173,6 +188,8 @@ class KernelContexts:
                 subs[operand_symbol(i)] = sp.Symbol(local, real=True)
         subs.update(extra or {})
         exprs = [a.expr.xreplace(subs) for a in assigns]
+        if self.target.inline_exp:
+            exprs = [exp_form(e) for e in exprs]
         temps, results = cse_block(exprs, self.printer)
         temps = loads + temps
         stores = [
@@ -283,7 +300,7 @@ class KernelContexts:
             "cols": k.cols,
             "src": owner(k.src),
             "dst": owner(k.dst),
-            "exp": p.known_functions["exp"] + ("f" if p.dtype == "float32" else ""),
+            "exp": p.exp_name,
             "zero": p.doprint(sp.Float(0.0)),
             "one": p.doprint(sp.Float(1.0)),
         }
@@ -308,7 +325,7 @@ class KernelContexts:
             truth = f"{owner(k.target)}[r]" if k.target_onehot else None
         return {
             "params": params + ", double *loss, double *correct",
-            "args": args + ", &m->loss, &m->correct",
+            "args": args + f", {self.model_value('loss')}, {self.model_value('correct')}",
             "rows": rows,
             "cols": k.cols,
             "temps": temps,
@@ -320,7 +337,7 @@ class KernelContexts:
             "row_loss": owner(k.row_loss),
             "accuracy": k.accuracy,
             "label": truth,
-            "exp": f"exp{suffix}",
+            "exp": p.exp_name,
             "log": f"log{suffix}",
             "half": p.doprint(sp.Float(0.5)),
         }
@@ -359,7 +376,7 @@ def _program_context(plan, program, contexts: KernelContexts, place=None) -> dic
         for t in reads(kernel) + writes(kernel):
             if owner(t) not in input_names:
                 used.setdefault(owner(t), t)
-        calls.append(f"{kernel.name}({ctx['args']});")
+        calls.append(contexts.target.call.format(name=kernel.name, args=ctx["args"]))
     local_vars = []
     for name, t in used.items():
         dims = ", ".join((["batch"] if t.batched else []) + [str(s) for s in t.shape])
@@ -373,7 +390,15 @@ def _program_context(plan, program, contexts: KernelContexts, place=None) -> dic
         "calls": calls,
         "params": params,
         "inputs": [t.name for t in program.inputs],
+        "work": work_text(program),
     }
+
+
+def work_text(program) -> str:
+    """C expression of a program's rough flop count for ``n`` rows: it sizes the team."""
+    fixed = sum(k.flops(0) for k in program.kernels)
+    per_row = sum(k.flops(1) for k in program.kernels) - fixed
+    return f"{fixed}.0 + {per_row}.0 * n"
 
 
 def lr_text(plan, printer: CPrinter, counter: str | None = None) -> str | None:
@@ -394,7 +419,7 @@ def render_model(plan) -> tuple[str, str, str]:
     """(C source, header, cffi cdef) of a model."""
     env = environment()
     real = "float" if plan.dtype == "float32" else "double"
-    target = Target(real=real)
+    target = Target(real=real, inline_exp=True)
     contexts = KernelContexts(target, plan.dtype)
     kernels_text = []
     seen = set()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import sympy as sp
 from sympy.codegen.ast import float32, float64, real
 from sympy.printing.c import C99CodePrinter
@@ -10,10 +12,21 @@ from sympy.printing.c import C99CodePrinter
 class CPrinter(C99CodePrinter):
     """C99 printer: float32 math (``expf``, ``1.0F``), small powers as products, one-line ternaries."""
 
-    def __init__(self, dtype: str = "float32") -> None:
+    def __init__(self, dtype: str = "float32", inline_exp: bool = False) -> None:
         alias = float32 if dtype == "float32" else float64
         super().__init__({"type_aliases": {real: alias}})
         self.dtype = dtype
+        #: e^x as the runtime's inline, vectorizable gc_exp (gc_math.h) instead of libm's
+        #: exp, a call per element that keeps a loop scalar
+        self.inline_exp = inline_exp
+        if inline_exp:
+            name = "gc_expf" if dtype == "float32" else "gc_exp"
+            self.known_functions = {**self.known_functions, "exp": name}
+
+    @property
+    def exp_name(self) -> str:
+        """The C function this printer calls for e^x."""
+        return self.doprint(sp.exp(sp.Symbol("x"))).split("(")[0]
 
     def _print_Pow(self, expr: sp.Pow) -> str:
         base, exp = expr.base, expr.exp
@@ -50,12 +63,27 @@ class CPrinter(C99CodePrinter):
         return f"{lhs} {expr.rel_op} {rhs}"
 
 
+def exp_form(expr: sp.Expr) -> sp.Expr:
+    """tanh(a) as 2 / (1 + e^(-2a)) - 1: one exp, about 3x faster than libm's tanh, and
+    exact to a unit in the last place of its absolute value (saturating to ±1, never NaN).
+    With an inline exp the loop around it vectorizes."""
+    return expr.replace(sp.tanh, lambda a: 2 / (1 + sp.exp(-2 * a)) - 1)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cse(exprs: tuple[sp.Expr, ...], prefix: str) -> tuple[list, list]:
+    """sympy's CSE, memoized: models of one process repeat the same expressions (every
+    dense layer's epilogue, every parameter's update), and CSE is the costly part of
+    printing them."""
+    return sp.cse(
+        list(exprs), symbols=sp.numbered_symbols(prefix, real=True), optimizations="basic"
+    )
+
+
 def cse_block(
     exprs: list[sp.Expr], printer: CPrinter, prefix: str = "t"
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """(temporaries as (name, C text), printed results) after common-subexpression elimination."""
-    replacements, reduced = sp.cse(
-        exprs, symbols=sp.numbered_symbols(prefix, real=True), optimizations="basic"
-    )
+    replacements, reduced = _cse(tuple(exprs), prefix)
     temps = [(str(sym), printer.doprint(value)) for sym, value in replacements]
     return temps, [printer.doprint(e) for e in reduced]

@@ -458,6 +458,37 @@ def batch_signature(kernel: Kernel, real: str, batch: str) -> tuple[str, str]:
     return f"const int {batch}, {params}", f"n, {args}"
 
 
+def cuda_pad_args(
+    dst: Tensor,
+    src: Tensor,
+    planes: str,
+    size: Sequence[int],
+    padded: Sequence[int],
+    before: Sequence[int],
+) -> str:
+    """Arguments of the CUDA runtime's gc_pad_planes: each plane of ``src`` (size) copied
+    into a zeroed plane of ``dst`` (padded), ``before`` zeros ahead on each axis."""
+    from graphc.codegen.c import owner
+
+    h, w = (1, size[0]) if len(size) == 1 else size
+    hp, wp = (1, padded[0]) if len(padded) == 1 else padded
+    top, left = (0, before[0]) if len(before) == 1 else before
+    return f"{owner(dst)}, {owner(src)}, (long){planes}, {h}, {w}, {hp}, {wp}, {top}, {left}"
+
+
+def window_read(
+    v: dict[str, str], win: Window, source: str, channel: str, positions: Sequence[str]
+) -> str:
+    """'in[n * 300 + c * 100 + (y * 2 + p) * 10 + x * 2 + q]': where tap (p, q) of the output
+    at ``positions`` reads a (padded) input plane of ``channel``."""
+    spatial = []
+    for axis, (pos, tap) in enumerate(zip(positions, TAP_VARS[win.rank])):
+        term = f"{scaled(pos, win.stride[axis])} + {v[tap]}"
+        spatial.append(scaled(term, row_major(win.padded)[axis]))
+    sample = offset_text([v["n"], channel], (win.channels, *win.padded), batched=True)
+    return f"{source}[{plus(sample, *spatial)}]"
+
+
 def parallel_for(cg: Any, loops: int) -> str:
     """The work-sharing pragma over ``loops`` perfectly nested loops."""
     pragma = cg.target.parallel_for
@@ -495,6 +526,8 @@ LOCALS += ("src", "dst", "to", "plane", "window", "best")
 
 #: a flat sweep keeps one plane of sums on the stack: at most this many elements
 FLAT_STACK_LIMIT = 4096
+#: kernels at most this wide add a whole row of taps in one pass over the sums
+UNROLL_LIMIT = 8
 
 
 # --- kernels ----------------------------------------------------------------------------------
@@ -513,6 +546,10 @@ class ConvKernel(Kernel):
     #: weights read as W[c][o][k - 1 - p][k - 1 - q]: the δ of a stride-1 convolution's input
     transposed: bool = False
     template: str = "conv"
+
+    def flops(self, rows: int) -> int:
+        win = self.window
+        return 2 * rows * self.out_channels * product(win.out) * win.taps * win.channels
 
     def reads(self) -> list[Tensor]:
         extra = [self.padded] if self.padded is not None else []
@@ -543,6 +580,38 @@ class ConvKernel(Kernel):
             weight = offset_text(
                 [o, c, *[v[t] for t in tap_vars]], (self.out_channels, win.channels, *win.kernel)
             )
+        # the taps along a row in one pass over the sums: one load and store of each sum
+        # per row of taps rather than per tap (the sums are added in the same order)
+        row_taps = None
+        if win.kernel[-1] <= UNROLL_LIMIT:
+            k = win.kernel[-1]
+            axes = (
+                (win.channels, self.out_channels)
+                if self.transposed
+                else (
+                    self.out_channels,
+                    win.channels,
+                )
+            )
+            leading = [c, o] if self.transposed else [o, c]
+            if self.transposed:
+                leading += [f"({kk - 1} - {v[t]})" for t, kk in zip(tap_vars[:-1], win.kernel)]
+            else:
+                leading += [v[t] for t in tap_vars[:-1]]
+            base = offset_text(leading, (*axes, *win.kernel))
+            columns = [k - 1 - j if self.transposed else j for j in range(k)]
+            row_taps = {
+                "weights": [
+                    f"{owner(self.weights)}[{plus(base, str(j) if j else None)}]" for j in columns
+                ],
+                "terms": [(j, plus(walk["step"], str(j) if j else None)) for j in range(k)],
+                "row": plus(
+                    owner(source),
+                    offset_text([v["n"], c], (win.channels, *win.padded), batched=True),
+                    walk["row_tap"],
+                ),
+            }
+            taps = taps[:-1]
         if self.flat:
             stores = [(v[var], win.out[a]) for a, var in enumerate(out_vars)]
             position = plus(*[scaled(v[var], walk["row_width"]) for var in out_vars[:-1]], v["x"])
@@ -551,6 +620,7 @@ class ConvKernel(Kernel):
             position = v["x"]
         variables = [v["n"], o, *[v[var] for var in out_vars]]
         acc = f"{v['acc']}[{position}]"
+        start, stop = self._swept(v, walk["width"])
         return {
             "params": params,
             "args": args,
@@ -563,6 +633,8 @@ class ConvKernel(Kernel):
             "taps": taps,
             "var": walk["var"],
             "width": walk["width"],
+            "start": start,
+            "stop": stop,
             "weight": f"{owner(self.weights)}[{weight}]",
             "row": plus(
                 owner(source),
@@ -570,10 +642,79 @@ class ConvKernel(Kernel):
                 walk["tap"],
             ),
             "step": walk["step"],
+            "row_taps": row_taps,
             "simd": cg.target.simd,
             "store_loops": stores,
             "indent": indents(len(outer) + 1, len(taps), len(taps) + 1, len(stores)),
             **output_body(cg, self.output, variables, acc, v["batch"]),
+        }
+
+    def _swept(self, v: dict[str, str], width: int) -> tuple[str, str]:
+        """First and last-plus-one flat positions that tap row p sweeps: C expressions.
+
+        A flat sweep over a zero-padded plane: output row y reads padded row y + p, which is
+        zero outside the data's rows [before, before + H).  Those rows add nothing to the
+        sums (a valid convolution's δ is padded by k - 1 on each side: most of it is zeros),
+        so tap row p sweeps only output rows [before - p, before + H - p).
+        """
+        win = self.window
+        if self.padded is None or not self.flat or win.rank != 2:
+            return "0", str(width)
+        p, k = v[TAP_VARS[2][0]], win.kernel[0]
+        before, end, row = win.pad_before[0], win.pad_before[0] + win.size[0], win.padded[-1]
+        start = "0"
+        if before >= k - 1:
+            start = f"({before} - {p}) * {row}" if before else "0"
+        elif before > 0:
+            start = f"({p} < {before} ? ({before} - {p}) * {row} : 0)"
+        stop = str(width)
+        if win.pad_after[0] > 0:
+            stop = f"(({end} - {p}) * {row} < {width} ? ({end} - {p}) * {row} : {width})"
+        return start, stop
+
+    def cuda_context(self, cg: Any) -> dict[str, Any]:
+        """Template context of the CUDA kernel: one thread per output element, its taps summed
+        in the C kernel's order (channel, then the window row by row)."""
+        from graphc.codegen.c import owner
+        from graphc.codegen.cuda import flat_index, without
+
+        win = self.window
+        out_vars, tap_vars = OUT_VARS[win.rank], TAP_VARS[win.rank]
+        v = local_names(self, LOCALS)
+        params, args = batch_signature(self, cg.target.real, v["batch"])
+        o, c = (v["c"], v["o"]) if self.transposed else (v["o"], v["c"])
+        if self.transposed:
+            flipped = [f"({k - 1} - {v[t]})" for t, k in zip(tap_vars, win.kernel)]
+            weight = offset_text([c, o, *flipped], (win.channels, self.out_channels, *win.kernel))
+        else:
+            weight = offset_text(
+                [o, c, *[v[t] for t in tap_vars]], (self.out_channels, win.channels, *win.kernel)
+            )
+        positions = [(v["n"], v["batch"]), (o, self.out_channels)]
+        positions += [(v[var], win.out[a]) for a, var in enumerate(out_vars)]
+        index, total = flat_index(positions)
+        taps = [(c, win.channels)] + [(v[t], k) for t, k in zip(tap_vars, win.kernel)]
+        source = self.padded if self.padded is not None else self.src
+        pad = None
+        if self.padded is not None:
+            planes = f"{v['batch']} * {win.channels}"
+            pad = cuda_pad_args(self.padded, self.src, planes, win.size, win.padded, win.pad_before)
+        variables = [v["n"], o, *[v[var] for var in out_vars]]
+        unused = {owner(self.src)} if self.padded is not None else set()
+        return {
+            "params": params,
+            "args": args,
+            "kernel_params": without(params, unused),
+            "v": v,
+            "pad": pad,
+            "index": index,
+            "total": total,
+            "taps": taps,
+            "weight": f"{owner(self.weights)}[{weight}]",
+            "input": window_read(v, win, owner(source), c, [v[var] for var in out_vars]),
+            "zero": cg.printer.doprint(sp.Float(0.0)),
+            "indent": "    " * (2 + len(taps)),
+            **output_body(cg, self.output, variables, v["acc"], v["batch"]),
         }
 
 
@@ -589,6 +730,10 @@ class ConvBackwardDataKernel(Kernel):
     plane: Tensor  # accumulates (batch, C, *padded): a scratch, or the result itself
     output: Epilogue | None  # over (n, c, *size), acc = the plane's element; None: plane is it
     template: str = "conv_backward_data"
+
+    def flops(self, rows: int) -> int:
+        win = self.window
+        return 2 * rows * self.out_channels * product(win.out) * win.taps * win.channels
 
     def reads(self) -> list[Tensor]:
         extra = [a.tensor for a in self.output.operands] if self.output else []
@@ -646,6 +791,79 @@ class ConvBackwardDataKernel(Kernel):
             "output": plane_output(cg, v, win, self.output, v["c"], v["batch"]),
         }
 
+    def cuda_context(self, cg: Any) -> dict[str, Any]:
+        """Template context of the CUDA kernel: one thread per element of the (padded) plane,
+        gathering what the C kernel scatters, in the same order (o, then the taps)."""
+        from graphc.codegen.c import owner
+        from graphc.codegen.cuda import flat_index, without
+
+        win = self.window
+        out_vars, tap_vars = OUT_VARS[win.rank], TAP_VARS[win.rank]
+        inner = ("iy", "ix")[-win.rank :]
+        v = local_names(self, LOCALS + inner)
+        params, args = batch_signature(self, cg.target.real, v["batch"])
+        positions = [(v["n"], v["batch"]), (v["c"], win.channels)]
+        positions += [(v[var], win.padded[a]) for a, var in enumerate(out_vars)]
+        index, total = flat_index(positions)
+        taps = [(v["o"], self.out_channels)] + [(v[t], k) for t, k in zip(tap_vars, win.kernel)]
+        weight = offset_text(
+            [v["o"], v["c"], *[v[t] for t in tap_vars]],
+            (self.out_channels, win.channels, *win.kernel),
+        )
+        # the output position whose tap (p, q) lands on plane element (y, x), if any
+        reached, at = [], []
+        for axis, (var, tap) in enumerate(zip(out_vars, tap_vars)):
+            pos, step, count = v[var], win.stride[axis], win.out[axis]
+            if step == 1:
+                reached.append(f"{pos} >= {v[tap]} && {pos} - {v[tap]} < {count}")
+                at.append(f"{pos} - {v[tap]}")
+            else:
+                reached.append(
+                    f"{pos} >= {v[tap]} && ({pos} - {v[tap]}) % {step} == 0 && "
+                    f"({pos} - {v[tap]}) / {step} < {count}"
+                )
+                at.append(f"({pos} - {v[tap]}) / {step}")
+        delta = self.wide if self.wide is not None else self.delta
+        width = win.padded[-1] if self.wide is not None else win.out[-1]
+        delta_plane = (self.out_channels, *win.out[:-1], width)
+        spatial = [scaled(at[0], width)] if win.rank == 2 else []
+        read = plus(offset_text([v["n"], v["o"]], delta_plane, batched=True), *spatial, at[-1])
+        widen = None
+        if self.wide is not None:
+            planes = f"{v['batch']} * {self.out_channels}"
+            shape = (*win.out[:-1], win.padded[-1])
+            widen = cuda_pad_args(self.wide, self.delta, planes, win.out, shape, (0,) * win.rank)
+        output = None
+        if self.output is not None:
+            variables = [v["n"], v["c"], *[v[name] for name in inner]]
+            output = {
+                "inner": [
+                    (v[name], f"{v[var]} - {pad}" if pad else v[var], win.size[a])
+                    for a, (name, var, pad) in enumerate(zip(inner, out_vars, win.pad_before))
+                ],
+                **output_body(cg, self.output, variables, v["acc"], v["batch"]),
+            }
+        plane = offset_text([v["n"], v["c"]], (win.channels, *win.padded), batched=True)
+        spatial_plane = [scaled(v[var], row_major(win.padded)[a]) for a, var in enumerate(out_vars)]
+        unused = {owner(self.delta)} if self.wide is not None else set()
+        return {
+            "params": params,
+            "args": args,
+            "kernel_params": without(params, unused),
+            "v": v,
+            "pad": widen,
+            "index": index,
+            "total": total,
+            "taps": taps,
+            "reached": " && ".join(reached),
+            "weight": f"{owner(self.weights)}[{weight}]",
+            "delta": f"{owner(delta)}[{read}]",
+            "plane": f"{owner(self.plane)}[{plus(plane, *spatial_plane)}]",
+            "zero": cg.printer.doprint(sp.Float(0.0)),
+            "indent": "    " * (2 + len(taps)),
+            "output": output,
+        }
+
 
 @dataclass(frozen=True)
 class ConvBackwardFilterKernel(Kernel):
@@ -659,6 +877,10 @@ class ConvBackwardFilterKernel(Kernel):
     wide: Tensor | None
     grad: Tensor
     template: str = "conv_backward_filter"
+
+    def flops(self, rows: int) -> int:
+        win = self.window
+        return 2 * rows * self.out_channels * product(win.out) * win.taps * win.channels
 
     def reads(self) -> list[Tensor]:
         extra = [t for t in (self.padded, self.wide) if t is not None]
@@ -723,6 +945,58 @@ class ConvBackwardFilterKernel(Kernel):
             ),
             "grad": f"{owner(self.grad)}[{grad}]",
             "indent": indents(4 + len(loops), 1),
+        }
+
+    def cuda_context(self, cg: Any) -> dict[str, Any]:
+        """Template context of the CUDA kernel: one block per filter weight, its threads
+        sharing the (sample, position) sum, added up in a fixed order."""
+        from graphc.codegen.c import owner
+        from graphc.codegen.cuda import flat_index, without
+
+        win = self.window
+        out_vars, tap_vars = OUT_VARS[win.rank], TAP_VARS[win.rank]
+        v = local_names(self, LOCALS)
+        params, args = batch_signature(self, cg.target.real, v["batch"])
+        weights = [(v["o"], self.out_channels), (v["c"], win.channels)]
+        weights += [(v[t], k) for t, k in zip(tap_vars, win.kernel)]
+        weight_index, count = flat_index(weights, index="gc_w")
+        positions = [(v["n"], v["batch"])] + [
+            (v[var], win.out[a]) for a, var in enumerate(out_vars)
+        ]
+        index, total = flat_index(positions, index="gc_j")
+        source = self.padded if self.padded is not None else self.src
+        delta = self.wide if self.wide is not None else self.delta
+        width = win.padded[-1] if self.wide is not None else win.out[-1]
+        delta_plane = (self.out_channels, *win.out[:-1], width)
+        spatial = [scaled(v[out_vars[0]], width)] if win.rank == 2 else []
+        read = plus(offset_text([v["n"], v["o"]], delta_plane, batched=True), *spatial, v["x"])
+        passes = []
+        if self.padded is not None:
+            planes = f"{v['batch']} * {win.channels}"
+            passes.append(
+                cuda_pad_args(self.padded, self.src, planes, win.size, win.padded, win.pad_before)
+            )
+        if self.wide is not None:
+            planes = f"{v['batch']} * {self.out_channels}"
+            shape = (*win.out[:-1], win.padded[-1])
+            passes.append(
+                cuda_pad_args(self.wide, self.delta, planes, win.out, shape, (0,) * win.rank)
+            )
+        # a kernel reading a padded or widened copy never reads the original
+        copies = ((self.src, self.padded), (self.delta, self.wide))
+        unused = {owner(t) for t, copy in copies if copy is not None}
+        return {
+            "params": params,
+            "args": args,
+            "kernel_params": without(params, unused),
+            "passes": passes,
+            "weight_index": weight_index,
+            "weights": count,
+            "index": index,
+            "total": total,
+            "delta": f"{owner(delta)}[{read}]",
+            "input": window_read(v, win, owner(source), v["c"], [v[var] for var in out_vars]),
+            "grad": f"{owner(self.grad)}[gc_w]",
         }
 
 

@@ -120,6 +120,17 @@ class PoolKernel(Kernel):
             **output_body(cg, self.output, variables, value, v["batch"]),
         }
 
+    def cuda_context(self, cg: Any) -> dict[str, Any]:
+        """Template context of the CUDA kernel: the C one, one thread per output element."""
+        from graphc.codegen.cuda import flat_index
+
+        ctx = self.c_context(cg)
+        v, win = ctx["v"], self.window
+        positions = [(v["n"], v["batch"]), (v["c"], win.channels)]
+        positions += [(v[var], win.out[a]) for a, var in enumerate(OUT_VARS[win.rank])]
+        index, total = flat_index(positions)
+        return {**ctx, "index": index, "total": total, "indent": "    " * (2 + len(ctx["taps"]))}
+
 
 @dataclass(frozen=True)
 class PoolBackwardKernel(Kernel):
@@ -190,6 +201,64 @@ class PoolBackwardKernel(Kernel):
                 **output_body(cg, self.output, variables, f"{v['plane']}[{index}]", v["batch"]),
             }
         return ctx
+
+    def cuda_context(self, cg: Any) -> dict[str, Any]:
+        """Template context of the CUDA kernel: one thread per input element, adding the δ of
+        every window over it (routed there, for max pooling) in the C kernel's order."""
+        from graphc.codegen.c import owner
+        from graphc.codegen.cuda import flat_index
+
+        win = self.window
+        out_vars, tap_vars = OUT_VARS[win.rank], TAP_VARS[win.rank]
+        windows = ("wy", "wx")[-win.rank :]
+        v = local_names(
+            self, ("batch", "n", "c", *out_vars, *tap_vars, *windows, "acc", "window", "best")
+        )
+        params, args = batch_signature(self, cg.target.real, v["batch"])
+        positions = [(v["n"], v["batch"]), (v["c"], win.channels)]
+        positions += [(v[var], win.size[a]) for a, var in enumerate(out_vars)]
+        index, total = flat_index(positions)
+        ranges = []
+        for axis, (var, w) in enumerate(zip(out_vars, windows)):
+            pos, k, step, last = v[var], win.kernel[axis], win.stride[axis], win.out[axis] - 1
+            first = f"{pos} < {k} ? 0 : ({pos} - {k} + {step}) / {step}"
+            below = f"{pos} / {step}" if step > 1 else pos
+            ranges.append((v[w], f"({first})", f"({below} < {last} ? {below} : {last})"))
+        at_window = {var: v[w] for var, w in zip(out_vars, windows)}
+        sample = offset_text([v["n"], v["c"]], (win.channels, *win.size), batched=True)
+        origin = _origin({**v, **at_window}, win)
+        where = [v["n"], v["c"], *[v[w] for w in windows]]
+        delta = f"{owner(self.delta)}[{offset_text(where, (win.channels, *win.out), batched=True)}]"
+        if self.kind == "mean":
+            delta = f"{delta} * {cg.printer.doprint(sp.Float(1.0 / win.taps))}"
+        # where the element sits in the window, as an offset in the plane like the taps'
+        inside = " + ".join(
+            scaled(f"{v[var]} - {scaled(v[w], win.stride[a])}", row_major(win.size)[a])
+            for a, (var, w) in enumerate(zip(out_vars, windows))
+        )
+        output = None
+        if self.output is not None:
+            variables = [v["n"], v["c"], *[v[var] for var in out_vars]]
+            output = output_body(cg, self.output, variables, v["acc"], v["batch"])
+        spatial = [scaled(v[var], row_major(win.size)[a]) for a, var in enumerate(out_vars)]
+        return {
+            "params": params,
+            "args": args,
+            "v": v,
+            "index": index,
+            "total": total,
+            "ranges": ranges,
+            "delta": delta,
+            "route": self.kind == "max",
+            "window": f"{owner(self.src)} + {sample} + {origin}" if self.src else None,
+            "taps": [(v[t], k) for t, k in zip(tap_vars, win.kernel)],
+            "tap": _tap(v, win),
+            "inside": inside,
+            "plane": f"{owner(self.plane)}[{' + '.join([sample, *spatial])}]",
+            "zero": cg.printer.doprint(sp.Float(0.0)),
+            "indent": ["    " * (2 + len(ranges) + k) for k in range(len(tap_vars) + 2)],
+            "output": output,
+        }
 
 
 def _pool_name(kind: str, rank: int) -> str:

@@ -396,6 +396,10 @@ class ScanKernel(Kernel):
     cell: CellCode
     template: str = "rnn_forward"
 
+    def flops(self, rows: int) -> int:
+        # per step: h · W (rows x H times H x width), then the cell on every unit
+        return self.steps * rows * (2 * self.hidden * self.width + 10 * self.width)
+
     def reads(self) -> list[Tensor]:
         initial = [p.initial for p in self.prev if p.initial is not None]
         return [self.w] + initial + self.cell.tensors()[0]
@@ -454,6 +458,10 @@ class ScanGradKernel(Kernel):
     prev: tuple[Prev, ...]
     cell: CellCode
     template: str = "rnn_backward"
+
+    def flops(self, rows: int) -> int:
+        # per step: δu · Wᵀ (rows x width times width x H), then the cell's δ program
+        return self.steps * rows * (2 * self.hidden * self.width + 20 * self.width)
 
     def reads(self) -> list[Tensor]:
         initial = [p.initial for p in self.prev if p.initial is not None]
@@ -520,32 +528,17 @@ def _prev_assignments(kernel: Any, condition: str, ctx: dict) -> list[tuple[str,
     return out
 
 
-def _vector_printer(base: Any) -> Any:
-    """The C printer with e^x as the runtime's inline gc_exp: libm's exp, a call per element,
-    would keep the cell's loop over units scalar."""
-    printer = type(base)(base.dtype)
-    name = "gc_expf" if base.dtype == "float32" else "gc_exp"
-    printer.known_functions = {**printer.known_functions, "exp": name}
-    return printer
-
-
-def _exp_form(expr: sp.Expr) -> sp.Expr:
-    """tanh(a) as 2 / (1 + e^(-2a)) - 1: one exp, about 3x faster than libm's tanh, and
-    exact to a unit in the last place of its absolute value (saturating to ±1, never NaN)."""
-    return expr.replace(sp.tanh, lambda a: 2 / (1 + sp.exp(-2 * a)) - 1)
-
-
 def _cell_context(
     kernel: Any, cell: CellCode, prev: tuple[Prev, ...], contexts: Any, scalars: tuple[str, ...]
 ) -> dict[str, Any]:
     """Struct fields, cell-function locals and the printed loads/temps/stores of a cell."""
     from graphc.codegen.c import c_type, owner
-    from graphc.codegen.printer import cse_block
+    from graphc.codegen.printer import CPrinter, cse_block, exp_form
 
     real = contexts.target.real
     # the full runtime (not the embedded export's) has the vectorizable gc_exp
     runtime = contexts.target.name == "c"
-    printer = _vector_printer(contexts.printer) if runtime else contexts.printer
+    printer = CPrinter(contexts.printer.dtype, inline_exp=True) if runtime else contexts.printer
     T, H = kernel.steps, kernel.hidden
     zero_text = printer.doprint(sp.Float(0.0))
     zero = f"{kernel.name}_zero"
@@ -570,7 +563,7 @@ def _cell_context(
 
     loads = [(f"gc_{sym.name}", " + ".join(text(r) for r in refs)) for sym, refs in cell.loads]
     local = {sym: sp.Symbol(name, real=True) for (sym, _), (name, _) in zip(cell.loads, loads)}
-    exprs = [_exp_form(e.xreplace(local)) for _, e, _ in cell.stores]
+    exprs = [exp_form(e.xreplace(local)) for _, e, _ in cell.stores]
     temps, results = cse_block(exprs, printer, "gc_t")
     stores = [(text(ref), value, label) for (ref, _, label), value in zip(cell.stores, results)]
     refs = [r for _, rs in cell.loads for r in rs] + [ref for ref, _, _ in cell.stores]

@@ -156,6 +156,14 @@ static inline cudaError_t cudaStreamSynchronize(cudaStream_t stream)
     return cudaSuccess;
 }
 
+/* The address of a __device__ variable (here an ordinary static: its own address). */
+template <class T>
+static inline cudaError_t cudaGetSymbolAddress(void **p, const T &symbol)
+{
+    *p = (void *)&symbol;
+    return cudaSuccess;
+}
+
 /* Run body() as every thread of every block of a grid (see the top of this file). */
 template <class Body>
 static void gc_emu_launch(dim3 grid, dim3 block, Body body)

@@ -127,6 +127,20 @@ def embedded() -> gc.Graph:
     return g
 
 
+def recurrent() -> gc.Graph:
+    """The recurrent time loops: an RNN (cell fused into the GEMM) into a bidirectional LSTM
+    (GEMM, then a cell kernel), and their backward loops."""
+    g = gc.Graph("cu_rec")
+    x = g.input("x", (3, 5))
+    y = g.input("y", 2)
+    h = gc.rnn(x, 4, return_sequences=True, name="rnn")
+    h = gc.lstm(h, 5, bidirectional=True, name="lstm")
+    out = gc.dense(h, 2, name="out")
+    g.output("out", out)
+    g.minimize(gc.mse(out, y))
+    return g
+
+
 GRAPHS = {
     "mlp": (mlp, lambda: gc.Adam(lr=1e-2, clip_norm=1.0)),
     "classifier": (classifier, lambda: gc.SGD(lr=0.1, momentum=0.9, nesterov=True)),
@@ -134,6 +148,7 @@ GRAPHS = {
     "convnet": (convnet, lambda: gc.Adam(lr=1e-2)),
     "strided": (strided, lambda: gc.SGD(lr=0.05, weight_decay=1e-3)),
     "embedded": (embedded, lambda: gc.AdaGrad(lr=0.1)),
+    "recurrent": (recurrent, lambda: gc.Adam(lr=1e-2, clip_norm=1.0)),
 }
 
 
@@ -208,7 +223,12 @@ def _pair(name: str, target: str, batch_size: int = 4):
 # --- 1. nvcc ----------------------------------------------------------------------------------
 @needs_nvcc
 @pytest.mark.parametrize(
-    ("graphs", "dtype"), [(("mlp", "strided"), "float32"), (("convnet", "embedded"), "float64")]
+    ("graphs", "dtype"),
+    [
+        (("mlp", "strided"), "float32"),
+        (("convnet", "embedded"), "float64"),
+        (("recurrent",), "float32"),
+    ],
 )
 def test_generated_cuda_compiles_with_nvcc(graphs, dtype):
     """Every kernel template, in both dtypes, through nvcc with warnings as errors."""
@@ -319,16 +339,14 @@ def test_flat_index_inverts_the_loop_nest():
     assert seen == {(i, j, k) for i in range(n) for j in range(3) for k in range(n * 5)}
 
 
-def test_recurrent_layers_are_a_clear_graph_error():
-    g = gc.Graph("cu_seq")
-    x = g.input("x", (5, 3))
-    y = g.input("y", 2)
-    out = gc.dense(gc.rnn(x, 4, name="rnn"), 2, name="out")
-    g.output("out", out)
-    g.minimize(gc.mse(out, y))
-    for target in ("cuda", "cuda-emu"):
-        with pytest.raises(gc.GraphError, match=r"gc\.rnn.*target='c'"):
-            gc.compile(g, target=target)
+def test_a_kernel_kind_without_a_cuda_template_is_a_clear_graph_error():
+    import dataclasses
+
+    plan, _ = plan_model(mlp(), 4, "float32", gc.SGD())
+    kernel = dataclasses.replace(plan.programs[0].kernels[0], template="unknown_kind")
+    contexts = cuda.CudaKernelContexts(cuda.cuda_target("float"), "float32")
+    with pytest.raises(gc.GraphError, match=r"kernels of kind 'unknown_kind'.*target='c'"):
+        contexts.context(kernel)
 
 
 # --- 2. the emulation against the C backend ---------------------------------------------------

@@ -436,6 +436,25 @@ class ScanKernel(Kernel):
             "fused": self.u is None,
         }
 
+    def cuda_context(self, contexts: Any) -> dict[str, Any]:
+        """Template context of the CUDA time loop (templates/cuda/rnn_forward.cu.j2): the C
+        one, with each step's h · W a device GEMM on the model's stream (the cell its
+        epilogue, or a kernel of its own after it)."""
+        from graphc.codegen.c import owner
+
+        ctx = self.c_context(contexts)
+        T, H, W = self.steps, self.hidden, self.width
+        if self.u is None:
+            u, ldu, epilogue = f"{owner(self.h)} + gc_s.time * {H}", T * H, "gc_cell"
+        else:
+            u, ldu, epilogue = owner(self.u), W, "gc_no_epilogue()"
+        h0 = next(p.initial for p in self.prev if p.state == "h")
+        ctx["gemm"] = (
+            f"gc_cuda_gemm(gc_queue, 0, 0, n, {W}, gc_step > 0 ? {H} : {H if h0 else 0}, "
+            f"gc_s.h_prev, gc_s.h_ld, {owner(self.w)}, {W}, 0, {u}, {ldu}, {epilogue})"
+        )
+        return ctx
+
 
 @dataclass(frozen=True)
 class ScanGradKernel(Kernel):
@@ -508,6 +527,30 @@ class ScanGradKernel(Kernel):
             "gemm": gemm,
             "final": final,
         }
+
+    def cuda_context(self, contexts: Any) -> dict[str, Any]:
+        """Template context of the CUDA backward time loop (rnn_backward.cu.j2): the C one,
+        with each step's δuᵗ⁺¹ · Wᵀ a device GEMM whose epilogue is the cell's δ program."""
+        from graphc.codegen.c import owner
+
+        ctx = self.c_context(contexts)
+        T, H, G = self.steps, self.hidden, self.width
+        later = "gc_s.time - 1" if self.reverse else "gc_s.time + 1"
+        accumulate = "gc_s.live" if self.direct else "0"
+        d_u, w, dh = owner(self.d_u), owner(self.w), owner(self.dh)
+        ctx["gemm"] = (
+            f"gc_cuda_gemm(gc_queue, 0, 1, n, {H}, gc_s.live ? {G} : 0, {d_u} + (gc_s.live ? "
+            f"{later} : gc_s.time) * {G}, {T * G}, {w}, {G}, {accumulate}, {dh}, {H}, gc_cell)"
+        )
+        ctx["final"] = None
+        if self.initial:
+            first = T - 1 if self.reverse else 0
+            ctx["final"] = (
+                f"gc_cuda_gemm(gc_queue, 0, 1, n, {H}, {G}, {d_u} + {first * G}, {T * G}, {w}, "
+                f"{G}, {int(self.direct)}, {dh}, {H}, gc_no_epilogue())"
+            )
+        ctx["hidden"] = H
+        return ctx
 
 
 def _prev_assignments(kernel: Any, condition: str, ctx: dict) -> list[tuple[str, str]]:

@@ -23,21 +23,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import common
 import numpy as np
-
-try:
-    import graphc as gc
-except ImportError:  # a source checkout without install: use the repository next door
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import graphc as gc
+from common import gc
 
 
 @dataclass(frozen=True)
@@ -116,21 +107,12 @@ def workloads(quick: bool) -> list[Workload]:
 def median_rates(
     trainers: dict[str, Callable[[int], None]], w: Workload, repeats: int
 ) -> dict[str, float]:
-    """Median samples/s of each ``train(w.epochs)``, after one warm-up epoch each.
-
-    The trainers take turns within each repeat, so that a machine busy with other work
-    slows every side alike rather than whichever happened to run at the time.
-    """
+    """Median samples/s of each ``train(w.epochs)``, after one warm-up epoch each, the
+    trainers taking turns within each repeat (``common.median_rates``)."""
     for train in trainers.values():
         train(1)
-    rates: dict[str, list[float]] = {name: [] for name in trainers}
-    for _ in range(repeats):
-        for name, train in trainers.items():
-            start = time.perf_counter()
-            train(w.epochs)
-            elapsed = time.perf_counter() - start
-            rates[name].append(w.epochs * len(w.X) / elapsed)
-    return {name: statistics.median(values) for name, values in rates.items()}
+    calls = {name: (lambda train=train: train(w.epochs)) for name, train in trainers.items()}
+    return common.median_rates(calls, w.epochs * len(w.X), repeats, warmup=0)
 
 
 def graphc_trainer(w: Workload, threads: int) -> Callable[[int], None]:
@@ -154,8 +136,9 @@ def graphc_trainer(w: Workload, threads: int) -> Callable[[int], None]:
     return train
 
 
-def torch_trainer(w: Workload, threads: int) -> Callable[[int], None]:
-    """A function training the same network in PyTorch eager mode for some epochs."""
+def torch_trainer(w: Workload, threads: int, compiled: bool = False) -> Callable[[int], None]:
+    """A function training the same network in PyTorch for some epochs: eager mode, or
+    with ``compiled`` the network under ``torch.compile`` (the optimizer step stays eager)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -173,6 +156,7 @@ def torch_trainer(w: Workload, threads: int) -> Callable[[int], None]:
     else:
         optimizer = torch.optim.Adam(net.parameters(), lr=w.lr)
     loss_fn = torch.nn.CrossEntropyLoss()
+    forward = torch.compile(net, dynamic=False) if compiled else net
     X = torch.from_numpy(w.X)
     y = torch.from_numpy(w.y.astype(np.int64))
     generator = torch.Generator().manual_seed(0)
@@ -183,11 +167,180 @@ def torch_trainer(w: Workload, threads: int) -> Callable[[int], None]:
             for start in range(0, len(X), w.batch):
                 rows = order[start : start + w.batch]
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(net(X[rows]), y[rows])
+                loss = loss_fn(forward(X[rows]), y[rows])
                 loss.backward()
                 optimizer.step()
 
     return train
+
+
+def _init_params(w: Workload) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Glorot-uniform weights and zero biases, float32 (the peers written by hand share them)."""
+    rng = np.random.default_rng(0)
+    params = []
+    for a, b in zip(w.sizes[:-1], w.sizes[1:]):
+        limit = np.sqrt(6.0 / (a + b))
+        params.append(
+            (rng.uniform(-limit, limit, (a, b)).astype(np.float32), np.zeros(b, np.float32))
+        )
+    return params
+
+
+def jax_trainer(w: Workload, threads: int) -> Callable[[int], None]:
+    """JAX: the whole step (forward, grad, update) is one ``jax.jit`` function, called once
+    per mini-batch from Python.  XLA's CPU thread pool uses every core (here ``threads``)."""
+    import jax
+    import jax.numpy as jnp
+
+    act = jax.nn.relu if w.activation == "relu" else jnp.tanh
+
+    def loss_fn(params, x, y):
+        h = x
+        for W, b in params[:-1]:
+            h = act(h @ W + b)
+        W, b = params[-1]
+        logp = jax.nn.log_softmax(h @ W + b)
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    params = [(jnp.asarray(W), jnp.asarray(b)) for W, b in _init_params(w)]
+    if w.optimizer == "sgd":
+
+        @jax.jit
+        def step(params, state, x, y):
+            grads = jax.grad(loss_fn)(params, x, y)
+            return jax.tree.map(lambda p, g: p - w.lr * g, params, grads), state
+
+        state = ()
+    else:
+
+        @jax.jit
+        def step(params, state, x, y):
+            grads = jax.grad(loss_fn)(params, x, y)
+            m, v, t = state
+            t = t + 1.0
+            m = jax.tree.map(lambda m, g: 0.9 * m + 0.1 * g, m, grads)
+            v = jax.tree.map(lambda v, g: 0.999 * v + 0.001 * g * g, v, grads)
+            scale = w.lr * jnp.sqrt(1 - 0.999**t) / (1 - 0.9**t)
+            params = jax.tree.map(
+                lambda p, m, v: p - scale * m / (jnp.sqrt(v) + 1e-8), params, m, v
+            )
+            return params, (m, v, t)
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        state = (zeros, zeros, jnp.float32(0.0))
+    rng = np.random.default_rng(0)
+    holder = {"params": params, "state": state}
+
+    def train(epochs: int) -> None:
+        params, state = holder["params"], holder["state"]
+        for _ in range(epochs):
+            order = rng.permutation(len(w.X))
+            for start in range(0, len(w.X), w.batch):
+                rows = order[start : start + w.batch]
+                params, state = step(params, state, w.X[rows], w.y[rows])
+        jax.block_until_ready(params)
+        holder["params"], holder["state"] = params, state
+
+    return train
+
+
+def pytensor_trainer(w: Workload, threads: int) -> Callable[[int], None]:
+    """PyTensor: one compiled function per step (symbolic gradients, in-place updates)."""
+    import pytensor
+    import pytensor.tensor as pt
+
+    pytensor.config.floatX = "float32"
+    x, y = pt.matrix("x", dtype="float32"), pt.ivector("y")
+    shared = [
+        (pytensor.shared(W, name=f"W{k}"), pytensor.shared(b, name=f"b{k}"))
+        for k, (W, b) in enumerate(_init_params(w))
+    ]
+    act = (lambda z: pt.maximum(z, 0)) if w.activation == "relu" else pt.tanh
+    h = x
+    for W, b in shared[:-1]:
+        h = act(pt.dot(h, W) + b)
+    W, b = shared[-1]
+    logp = pt.special.log_softmax(pt.dot(h, W) + b, axis=-1)
+    loss = -pt.mean(logp[pt.arange(y.shape[0]), y])
+    flat = [p for pair in shared for p in pair]
+    grads = pytensor.grad(loss, flat)
+    updates = []
+    if w.optimizer == "sgd":
+        updates = [(p, p - np.float32(w.lr) * g) for p, g in zip(flat, grads)]
+    else:
+        t = pytensor.shared(np.float32(0.0), name="t")
+        t_new = t + 1
+        scale = np.float32(w.lr) * pt.sqrt(1 - 0.999**t_new) / (1 - 0.9**t_new)
+        updates.append((t, t_new))
+        for p, g in zip(flat, grads):
+            m = pytensor.shared(np.zeros_like(p.get_value()))
+            v = pytensor.shared(np.zeros_like(p.get_value()))
+            m_new = np.float32(0.9) * m + np.float32(0.1) * g
+            v_new = np.float32(0.999) * v + np.float32(0.001) * g * g
+            updates += [(m, m_new), (v, v_new)]
+            updates.append((p, p - pt.cast(scale, "float32") * m_new / (pt.sqrt(v_new) + 1e-8)))
+    updates = [(var, pt.cast(value, var.dtype)) for var, value in updates]
+    step = pytensor.function([x, y], loss, updates=updates)
+    rng = np.random.default_rng(0)
+
+    def train(epochs: int) -> None:
+        for _ in range(epochs):
+            order = rng.permutation(len(w.X))
+            for start in range(0, len(w.X), w.batch):
+                rows = order[start : start + w.batch]
+                step(w.X[rows], w.y[rows])
+
+    return train
+
+
+def numpy_trainer(w: Workload, threads: int) -> Callable[[int], None]:
+    """NumPy with backpropagation written out by hand (SGD only; its BLAS picks threads)."""
+    if w.optimizer != "sgd":
+        raise ValueError("the NumPy peer implements SGD only")
+    params = _init_params(w)
+    relu = w.activation == "relu"
+    rng = np.random.default_rng(0)
+    lr = np.float32(w.lr)
+
+    def step(x: np.ndarray, y: np.ndarray) -> None:
+        outs = [x]
+        for W, b in params[:-1]:
+            z = outs[-1] @ W + b
+            outs.append(np.maximum(z, 0, out=z) if relu else np.tanh(z, out=z))
+        W, b = params[-1]
+        z = outs[-1] @ W + b
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        z[np.arange(len(y)), y] -= 1.0
+        delta = z / np.float32(len(y))
+        for k in range(len(params) - 1, -1, -1):
+            W, b = params[k]
+            back = delta @ W.T if k > 0 else None
+            W -= lr * (outs[k].T @ delta)
+            b -= lr * delta.sum(axis=0)
+            if back is not None:
+                h = outs[k]
+                delta = back * (h > 0) if relu else back * (1 - h * h)
+
+    def train(epochs: int) -> None:
+        for _ in range(epochs):
+            order = rng.permutation(len(w.X))
+            for start in range(0, len(w.X), w.batch):
+                rows = order[start : start + w.batch]
+                step(w.X[rows], w.y[rows])
+
+    return train
+
+
+#: peer name -> (module it needs, trainer); graphc is timed against each that imports
+PEERS: dict[str, tuple[str, Callable[[Workload, int], Callable[[int], None]]]] = {
+    "torch": ("torch", torch_trainer),
+    "torch.compile": ("torch", lambda w, t: torch_trainer(w, t, compiled=True)),
+    "jax": ("jax", jax_trainer),
+    "pytensor": ("pytensor", pytensor_trainer),
+    "numpy": ("numpy", numpy_trainer),
+}
 
 
 def torch_version() -> str | None:

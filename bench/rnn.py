@@ -14,20 +14,11 @@ Usage: python bench/rnn.py [--quick] [--threads N] [--repeats R]
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
-import time
 from collections.abc import Callable
 
+import common
 import numpy as np
-
-try:
-    import graphc as gc
-except ImportError:  # a source checkout without install: use the repository next door
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import graphc as gc
+from common import gc
 
 VOCAB, HIDDEN, STEPS, BATCH = 65, 128, 32, 32
 
@@ -80,20 +71,81 @@ def torch_trainer(kind: str, X: np.ndarray, y: np.ndarray, threads: int) -> Call
     return epoch
 
 
+def jax_trainer(kind: str, X: np.ndarray, y: np.ndarray, threads: int) -> Callable[[], None]:
+    """One epoch of JAX training per call: the step (a ``lax.scan`` over time, its gradient
+    and Adam) is one ``jax.jit`` function called once per mini-batch."""
+    import jax
+    import jax.numpy as jnp
+
+    gates = {"rnn": 1, "lstm": 4}[kind]
+    rng = np.random.default_rng(0)
+    bound = 1.0 / np.sqrt(HIDDEN)
+
+    def uniform(*shape: int) -> jnp.ndarray:
+        return jnp.asarray(rng.uniform(-bound, bound, shape).astype(np.float32))
+
+    params = {
+        "U": uniform(VOCAB, gates * HIDDEN),
+        "W": uniform(HIDDEN, gates * HIDDEN),
+        "a": uniform(gates * HIDDEN),
+        "V": uniform(HIDDEN, VOCAB),
+        "c": uniform(VOCAB),
+    }
+
+    def loss_fn(p, ids, targets):
+        def cell(carry, xu):
+            h, c = carry
+            z = xu + h @ p["W"]
+            if kind == "rnn":
+                h = jnp.tanh(z)
+            else:
+                i, f, g, o = jnp.split(z, 4, axis=-1)
+                c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+                h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h, c), h
+
+        xu = p["U"][ids] + p["a"]  # one-hot · U is a row lookup
+        zeros = jnp.zeros((ids.shape[0], HIDDEN), jnp.float32)
+        _, hs = jax.lax.scan(cell, (zeros, zeros), jnp.swapaxes(xu, 0, 1))
+        logits = jnp.swapaxes(hs, 0, 1) @ p["V"] + p["c"]
+        logp = jax.nn.log_softmax(logits)
+        return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
+
+    @jax.jit
+    def step(p, m, v, t, ids, targets):
+        grads = jax.grad(loss_fn)(p, ids, targets)
+        t = t + 1.0
+        m = jax.tree.map(lambda m, g: 0.9 * m + 0.1 * g, m, grads)
+        v = jax.tree.map(lambda v, g: 0.999 * v + 0.001 * g * g, v, grads)
+        scale = 2e-3 * jnp.sqrt(1 - 0.999**t) / (1 - 0.9**t)
+        p = jax.tree.map(lambda p, m, v: p - scale * m / (jnp.sqrt(v) + 1e-8), p, m, v)
+        return p, m, v, t
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    state = {"p": params, "m": zeros, "v": zeros, "t": jnp.float32(0.0)}
+
+    def epoch() -> None:
+        p, m, v, t = state["p"], state["m"], state["v"], state["t"]
+        order = rng.permutation(len(X))
+        for start in range(0, len(X), BATCH):
+            rows = order[start : start + BATCH]
+            p, m, v, t = step(p, m, v, t, X[rows], y[rows])
+        jax.block_until_ready(p)
+        state.update(p=p, m=m, v=v, t=t)
+
+    return epoch
+
+
+#: peer name -> (module it needs, trainer)
+PEERS = {"torch": ("torch", torch_trainer), "jax": ("jax", jax_trainer)}
+
+
 def tokens_per_second(
     trainers: dict[str, Callable[[], None]], tokens: int, repeats: int
 ) -> dict[str, float]:
-    """Median rate of each trainer over ``repeats`` timed epochs, after one warm-up epoch each;
-    the trainers take turns within each round, so load from other jobs hits both alike."""
-    for train in trainers.values():
-        train()
-    rates: dict[str, list[float]] = {name: [] for name in trainers}
-    for _ in range(repeats):
-        for name, train in trainers.items():
-            start = time.perf_counter()
-            train()
-            rates[name].append(tokens / (time.perf_counter() - start))
-    return {name: statistics.median(values) for name, values in rates.items()}
+    """Median tokens/s of each trainer over ``repeats`` timed epochs, after one warm-up
+    epoch each, the trainers taking turns within each round (``common.median_rates``)."""
+    return common.median_rates(trainers, tokens, repeats)
 
 
 def main(quick: bool = False, threads: int = 2, repeats: int = 5) -> dict[str, float]:

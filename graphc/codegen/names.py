@@ -13,7 +13,7 @@ C_KEYWORDS = frozenset(
 #: identifiers the templates declare themselves (loop variables, locals, parameters); a
 #: tensor of the same name would be shadowed by, or clash with, them
 TEMPLATE_LOCALS = frozenset(
-    """l p q t lr bc1 bc2 sum total hits top lse scale best truth tile ctx r0 nr c0 nc arena
+    """l p q t lr bc1 bc2 alpha rsqrt_bc2 sum total hits top lse scale best truth tile ctx r0 nr c0 nc arena
     memory loss correct count start row perm seed shuffle right step epoch threads index
     norm kept binary argc argv a v""".split()
 )

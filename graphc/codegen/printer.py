@@ -34,6 +34,8 @@ class CPrinter(C99CodePrinter):
             b = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Mul"])
             # parenthesized: sympy prints a Pow in a denominator unbracketed (a/(s*s), not a/s*s)
             return "(" + "*".join([b] * int(exp)) + ")"
+        if exp == sp.Rational(-1, 2):
+            return f"{self._print(sp.Float(1.0))}/{self._print(sp.sqrt(base))}"
         if exp == -1:
             one = self._print(sp.Float(1.0))
             return f"{one}/{self.parenthesize(base, sp.printing.precedence.PRECEDENCE['Pow'])}"

@@ -1,0 +1,142 @@
+"""What every benchmark shares: alternating median timings, the machine's FMA peak, load.
+
+The machine is shared, so each timing round runs every contender once, in turn, and the
+median of the rounds is reported: a burst of load from another process then slows every
+side alike rather than whichever ran at the time.  The 1-minute load average is printed
+with every table; a run whose load is well above the benchmark's own threads measures
+the neighbours, not the code.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+try:
+    import graphc as gc
+except ImportError:  # a source checkout without install: use the repository next door
+    sys.path.insert(0, str(ROOT))
+    import graphc as gc
+
+__all__ = ["gc", "ROOT", "median_rates", "fma_peak", "load", "machine", "optional"]
+
+
+def median_rates(
+    trainers: dict[str, Callable[[], None]],
+    units: float,
+    repeats: int,
+    warmup: int = 1,
+    pause: float = 0.05,
+) -> dict[str, float]:
+    """Median rate (``units`` per second of one call) of each trainer, after ``warmup``
+    untimed calls each; within each of the ``repeats`` rounds the trainers take turns.
+
+    ``pause`` seconds of sleep before each timing let the thread pools of the previous
+    contender (OpenMP, OpenBLAS and XLA threads spin a while after their work) go idle.
+    """
+    for train in trainers.values():
+        for _ in range(warmup):
+            train()
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    for _ in range(repeats):
+        for name, train in trainers.items():
+            time.sleep(pause)
+            start = time.perf_counter()
+            train()
+            times[name].append(time.perf_counter() - start)
+    return {name: units / statistics.median(values) for name, values in times.items()}
+
+
+PEAK_C = r"""
+#include <omp.h>
+#include <immintrin.h>
+/* 12 independent chains of 8-wide float FMAs per thread: the FMA units' throughput. */
+#define CHAINS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+double fma_peak(long reps, int threads)
+{
+    double flops = 0.0;
+    double t0 = omp_get_wtime();
+    #pragma omp parallel num_threads(threads) reduction(+ : flops)
+    {
+        const __m256 x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(1e-3f);
+#define INIT(i) __m256 a##i = _mm256_set1_ps((float)i);
+        CHAINS(INIT)
+        for (long r = 0; r < reps; r++) {
+#define STEP(i) a##i = _mm256_fmadd_ps(a##i, x, y);
+            CHAINS(STEP)
+        }
+        __m256 s = _mm256_setzero_ps();
+#define SUM(i) s = _mm256_add_ps(s, a##i);
+        CHAINS(SUM)
+        float sink[8];
+        _mm256_storeu_ps(sink, s);
+        flops += 12.0 * 16.0 * (double)reps + (sink[0] == 12345.0f);
+    }
+    return flops / (omp_get_wtime() - t0);
+}
+"""
+
+
+def fma_peak(threads: int) -> float | None:
+    """Measured float32 FMA throughput of ``threads`` threads in GFLOP/s, or None when no C
+    compiler with AVX2/FMA is at hand.
+
+    The larger of the best of 5 team runs and ``threads`` times the best of 5 one-thread
+    runs: the cores do not share FMA units, and a single thread still gets a whole core
+    while another process keeps the machine busy, where a team does not.
+    """
+    import cffi
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, lib = Path(tmp) / "peak.c", Path(tmp) / "peak.so"
+        src.write_text(PEAK_C)
+        command = ["gcc", "-O2", "-march=native", "-fopenmp", "-fPIC", "-shared", str(src)]
+        if subprocess.run(command + ["-o", str(lib)], capture_output=True).returncode != 0:
+            return None
+        ffi = cffi.FFI()
+        ffi.cdef("double fma_peak(long reps, int threads);")
+        peak = ffi.dlopen(str(lib)).fma_peak
+        team = max(peak(20_000_000, threads) for _ in range(5))
+        single = max(peak(20_000_000, 1) for _ in range(5))
+        return max(team, threads * single) / 1e9
+
+
+def load() -> float:
+    """The 1-minute load average."""
+    return os.getloadavg()[0]
+
+
+def machine() -> str:
+    """CPU model, core count, Python, NumPy and graphc versions, in one line."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{model}, {os.cpu_count()} CPUs; Python {platform.python_version()}, "
+        f"NumPy {np.__version__}, graphc {gc.__version__}"
+    )
+
+
+def optional(module: str) -> str | None:
+    """The version of an importable comparison framework, or None (it is then skipped)."""
+    try:
+        imported = __import__(module)
+    except Exception:  # noqa: BLE001 - a broken install is as good as none here
+        return None
+    return str(getattr(imported, "__version__", "?"))

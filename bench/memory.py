@@ -1,0 +1,93 @@
+"""Peak memory of a W1 training run, stage by stage, each stage in a fresh subprocess.
+
+Every stage starts a new Python, does a little more than the one before and prints its
+peak resident set (VmHWM from /proc/self/status):
+
+  numpy     Python + NumPy + W1's data (8192 x 784 float32 inputs, labels): the baseline
+  import    + ``import graphc`` (sympy, jinja2, cffi)
+  compile   + building and compiling W1 (the model's arena is allocated and zeroed here)
+  train     + 2 epochs of ``fit`` (2 threads)
+
+The budget the issue sets is 1.2 x (parameters + optimizer state + one batch of activations
+and δ's) above the baseline; the table prints that figure and the model's arena beside.
+
+Usage: python bench/memory.py
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from common import ROOT
+
+STAGES = ("numpy", "import", "compile", "train")
+
+SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+import numpy as np
+rng = np.random.default_rng(0)
+X = rng.standard_normal((8192, 784), dtype=np.float32)
+y = rng.integers(0, 10, 8192).astype(np.int32)
+stage = {stage}
+if stage >= 1:
+    import graphc as gc
+if stage >= 2:
+    g = gc.Graph("bench_mlp")
+    h = x = g.input("x", (784,))
+    t = g.input("y", (), dtype="int32")
+    for k, units in enumerate((512, 256)):
+        h = gc.dense(h, units, activation="relu", name=f"hidden{{k + 1}}")
+    g.minimize(gc.softmax_cross_entropy(gc.dense(h, 10, name="out"), t))
+    m = gc.compile(g, batch_size=128, optimizer=gc.SGD(lr=0.01), num_threads=2)
+    print("arena", m.plan.memory.arena_bytes)
+if stage >= 3:
+    m.fit(X, y, epochs=2, verbose=0)
+for line in open("/proc/self/status"):
+    if line.startswith("VmHWM"):
+        print("hwm", int(line.split()[1]) * 1024)
+"""
+
+
+def w1_budget_bytes() -> int:
+    """1.2 x (parameters + SGD state (none) + one batch of activations and δ's), float32."""
+    sizes, batch = (784, 512, 256, 10), 128
+    params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    # activations: each layer's output and the softmax; δ's: one per layer output
+    activations = batch * (sum(sizes[1:]) + sizes[-1])
+    deltas = batch * sum(sizes[1:])
+    return int(1.2 * 4 * (params + activations + deltas))
+
+
+def measure() -> dict[str, int]:
+    """Peak RSS in bytes of each stage, and the arena's size."""
+    result: dict[str, int] = {}
+    for index, stage in enumerate(STAGES):
+        script = SCRIPT.format(root=str(ROOT), stage=index)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"memory stage {stage} failed:\n{out.stderr}")
+        for line in out.stdout.splitlines():
+            key, value = line.split()
+            result[stage if key == "hwm" else key] = int(value)
+    result["budget"] = w1_budget_bytes()
+    return result
+
+
+def print_table(m: dict[str, int]) -> None:
+    """Peak RSS per stage, each above the NumPy baseline, with the budget."""
+    mib = 1024 * 1024
+    base = m["numpy"]
+    print(f"{'stage':10} {'peak RSS MiB':>13} {'above baseline MiB':>19}")
+    for stage in STAGES:
+        print(f"{stage:10} {m[stage] / mib:13.1f} {(m[stage] - base) / mib:19.1f}")
+    print(
+        f"budget 1.2 x (params + state + activations + δ's) = {m['budget'] / mib:.1f} MiB; "
+        f"the model's arena = {m['arena'] / mib:.1f} MiB; training itself added "
+        f"{(m['train'] - m['compile']) / mib:.1f} MiB"
+    )
+
+
+if __name__ == "__main__":
+    print_table(measure())

@@ -1,0 +1,125 @@
+"""Every benchmark of the issue in one command: W1-W4 against each installed peer, compile
+times and memory.
+
+    W1  MLP 784-512-256-10 ReLU, softmax CE, SGD, batch 128, random data (bench/mlp.py)
+    W2  MLP 64-128-64-10 tanh, Adam, batch 32, the 8x8 digits (bench/mlp.py)
+    W3  LeNet-5 on 28x28x1 digits, SGD momentum 0.9, batch 64 (bench/cnn.py)
+    W4  char RNN and LSTM: one-hot 65 -> 128, T=32, batch 32, softmax at every step, Adam
+        (bench/rnn.py)
+
+Peers, each timed when it imports: PyTorch eager, torch.compile, JAX (jit of the whole
+step; lax.scan for W4), PyTensor and NumPy with hand-written backprop (W1).  Everything runs
+float32 on ``--threads`` threads (default 2) in this one process; within each timing round
+graphc and the peers take turns, and the median of the rounds is printed, with the load
+average before and after (on a shared machine, a load well above the benchmark's own
+threads means the figures measure the neighbours).
+
+Usage (repository root): python bench/run_all.py [--quick] [--threads N] [--repeats R]
+                         [--skip compile,memory,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import cnn
+import common
+import compile_time
+import memory
+import mlp
+import rnn
+
+WORKLOADS = ("W1", "W2", "W3", "W4")
+
+
+def row(label: str, rates: dict[str, float], flops: float, peak: float | None, unit: str):
+    """Print graphc's rate, its GFLOP/s and % of peak, then each peer's rate and the ratio."""
+    g = rates["graphc"]
+    gflops = g * flops / 1e9
+    share = f"{100 * gflops / peak:5.1f}%" if peak else "    -"
+    print(f"{label:34} {'graphc':14} {g:12,.0f} {unit:9} {gflops:7.1f} GFLOP/s {share} of peak")
+    for name, rate in rates.items():
+        if name != "graphc":
+            print(f"{'':34} {name:14} {rate:12,.0f} {unit:9} graphc/{name} = {g / rate:5.2f}")
+
+
+def mlp_rates(w: mlp.Workload, threads: int, repeats: int) -> dict[str, float]:
+    """Samples/s of graphc and every installed peer on one MLP workload."""
+    trainers = {"graphc": mlp.graphc_trainer(w, threads)}
+    for name, (module, make) in mlp.PEERS.items():
+        if common.optional(module) is None:
+            continue
+        try:
+            trainers[name] = make(w, threads)
+        except ValueError:  # the NumPy peer implements SGD only
+            continue
+    return mlp.median_rates(trainers, w, repeats)
+
+
+def rnn_rates(kind: str, sequences: int, threads: int, repeats: int) -> dict[str, float]:
+    """Tokens/s of graphc and every installed peer on the RNN or the LSTM."""
+    X, y = rnn.data(sequences)
+    trainers = {"graphc": rnn.graphc_trainer(kind, X, y, threads)}
+    for name, (module, make) in rnn.PEERS.items():
+        if common.optional(module) is not None:
+            trainers[name] = make(kind, X, y, threads)
+    return rnn.tokens_per_second(trainers, sequences * rnn.STEPS, repeats)
+
+
+def rnn_flops_per_token(kind: str) -> int:
+    """Dense work per token: h·W and h·V forward, their δ and weight gradients (x3)."""
+    gates = {"rnn": 1, "lstm": 4}[kind]
+    return 6 * rnn.HIDDEN * gates * rnn.HIDDEN + 6 * rnn.HIDDEN * rnn.VOCAB
+
+
+def main() -> None:
+    """Run the selected benchmarks and print their tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="less data, fewer repeats")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=None, help="timing rounds (>= 3)")
+    parser.add_argument("--skip", default="", help="comma-separated: W1,W2,W3,W4,compile,memory")
+    args = parser.parse_args()
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    repeats = max(3, args.repeats or (3 if args.quick else 5))
+    warnings.filterwarnings("ignore")
+    started = time.strftime("%Y-%m-%d %H:%M %Z")
+    print(f"bench/run_all.py {'--quick ' if args.quick else ''}at {started}")
+    print(common.machine())
+    peers = {m: common.optional(m) for m in ("torch", "jax", "pytensor")}
+    print("peers: " + ", ".join(f"{m} {v or '(not installed)'}" for m, v in peers.items()))
+    peak = common.fma_peak(args.threads)
+    if peak:
+        print(f"measured float32 FMA peak on {args.threads} threads: {peak:.0f} GFLOP/s")
+    print(f"{args.threads} threads, median of {repeats} rounds; load average {common.load():.2f}")
+    print()
+    workloads = mlp.workloads(args.quick)
+    if "W1" not in skip:
+        w = workloads[0]
+        row(w.label, mlp_rates(w, args.threads, repeats), w.needed_flops_per_sample, peak, "sa/s")
+    if "W2" not in skip:
+        w = workloads[1]
+        row(w.label, mlp_rates(w, args.threads, repeats), w.needed_flops_per_sample, peak, "sa/s")
+    if "W3" not in skip:
+        rates = cnn.measure(args.quick, args.threads, repeats)
+        row("W3 LeNet-5 SGD momentum b64", rates, cnn.TRAIN_FLOPS, peak, "sa/s")
+    if "W4" not in skip:
+        sequences = 256 if args.quick else 1024
+        for kind in ("rnn", "lstm"):
+            rates = rnn_rates(kind, sequences, args.threads, repeats)
+            label = f"W4 {kind.upper()} 65->128 T32 Adam b32"
+            row(label, rates, rnn_flops_per_token(kind), peak, "tokens/s")
+    print(f"load average after the throughput runs: {common.load():.2f}")
+    if "compile" not in skip:
+        print()
+        depths = [8, 16] if args.quick else [8, 16, 32, 64]
+        compile_time.print_tables(compile_time.w1_times(), compile_time.depth_times(depths))
+    if "memory" not in skip:
+        print()
+        memory.print_table(memory.measure())
+
+
+if __name__ == "__main__":
+    main()

@@ -415,6 +415,39 @@ def lr_text(plan, printer: CPrinter, counter: str | None = None) -> str | None:
     )
 
 
+def persistent_tensors(plan) -> list[Tensor]:
+    """Parameters, then gradients, then optimizer state: the order of NAME_tensor's index."""
+    tensors: list[Tensor] = [pp.param for pp in plan.params]
+    tensors += [pp.grad for pp in plan.params if pp.grad is not None]
+    tensors += [s for pp in plan.params for s in pp.states]
+    return tensors
+
+
+def api_context(plan, real: str, programs: dict) -> dict[str, Any]:
+    """What the API declarations of every backend need: entry points and their inputs."""
+
+    def inputs_of(name: str) -> list[tuple[str, str, int]]:
+        program = next((p for p in plan.programs if p.name == name), None)
+        if program is None:
+            return []
+        return [(c_type(t, real), t.name, t.per_sample) for t in program.inputs]
+
+    return {
+        "prefix": plan.name,
+        "real": real,
+        "train_inputs": inputs_of("train"),
+        "eval_inputs": inputs_of("eval"),
+        "infer_inputs": inputs_of("infer"),
+        "outputs": [
+            (name, owner(t), t.per_sample, plan.memory.offset("infer", owner(t)))
+            for name, t in plan.outputs
+        ],
+        "has_train": "train" in programs,
+        "has_eval": "eval" in programs,
+        "has_infer": "infer" in programs,
+    }
+
+
 def render_model(plan) -> tuple[str, str, str]:
     """(C source, header, cffi cdef) of a model."""
     env = environment()
@@ -434,36 +467,9 @@ def render_model(plan) -> tuple[str, str, str]:
         p.update(head=f"{plan.name}_model *m", arena="m->arena")
         p["doc"] += " Every thread of the team runs this function; each kernel shares out its loop."
     lr_expr = lr_text(plan, contexts.printer)
-    persistent = []
-    for pp in plan.params:
-        persistent.append(pp.param)
-    for pp in plan.params:
-        if pp.grad is not None:
-            persistent.append(pp.grad)
-    for pp in plan.params:
-        persistent.extend(pp.states)
-    persistent.extend(plan.slots)
+    persistent = persistent_tensors(plan) + list(plan.slots)
 
-    def inputs_of(name: str) -> list[tuple[str, str, int]]:
-        program = next((p for p in plan.programs if p.name == name), None)
-        if program is None:
-            return []
-        return [(c_type(t, real), t.name, t.per_sample) for t in program.inputs]
-
-    api = {
-        "prefix": plan.name,
-        "real": real,
-        "train_inputs": inputs_of("train"),
-        "eval_inputs": inputs_of("eval"),
-        "infer_inputs": inputs_of("infer"),
-        "outputs": [
-            (name, owner(t), t.per_sample, plan.memory.offset("infer", owner(t)))
-            for name, t in plan.outputs
-        ],
-        "has_train": "train" in programs,
-        "has_eval": "eval" in programs,
-        "has_infer": "infer" in programs,
-    }
+    api = api_context(plan, real, programs)
     ctx = {
         **api,
         "graph_name": plan.graph_name,

@@ -23,14 +23,14 @@ from graphc.codegen.c import (
     KernelContexts,
     Target,
     _program_context,
-    c_type,
+    api_context,
     environment,
     lr_text,
-    owner,
+    persistent_tensors,
     render_kernel,
 )
 from graphc.errors import GraphError
-from graphc.kernels import Kernel, Tensor
+from graphc.kernels import Kernel
 
 #: what each kernel kind computes, for the error naming a kind CUDA does not cover yet
 #: (every kind of the C backend has a CUDA template now; a new kind names itself here)
@@ -151,10 +151,10 @@ class CudaKernelContexts(KernelContexts):
 
 def _tensor_table(plan) -> list[tuple[str, int, str, int]]:
     """(name, arena offset, label, elements) of every persistent tensor Python can read."""
-    persistent: list[Tensor] = [pp.param for pp in plan.params]
-    persistent += [pp.grad for pp in plan.params if pp.grad is not None]
-    persistent += [s for pp in plan.params for s in pp.states]
-    return [(t.name, plan.memory.persistent[t.name], t.label, t.per_sample) for t in persistent]
+    return [
+        (t.name, plan.memory.persistent[t.name], t.label, t.per_sample)
+        for t in persistent_tensors(plan)
+    ]
 
 
 def render_model(plan) -> tuple[str, str, str]:
@@ -174,26 +174,7 @@ def render_model(plan) -> tuple[str, str, str]:
     for p in programs.values():
         p.update(head=f"{plan.name}_model *m", arena="m->arena")
 
-    def inputs_of(name: str) -> list[tuple[str, str, int]]:
-        program = next((p for p in plan.programs if p.name == name), None)
-        if program is None:
-            return []
-        return [(c_type(t, real), t.name, t.per_sample) for t in program.inputs]
-
-    api = {
-        "prefix": plan.name,
-        "real": real,
-        "train_inputs": inputs_of("train"),
-        "eval_inputs": inputs_of("eval"),
-        "infer_inputs": inputs_of("infer"),
-        "outputs": [
-            (name, owner(t), t.per_sample, plan.memory.offset("infer", owner(t)))
-            for name, t in plan.outputs
-        ],
-        "has_train": "train" in programs,
-        "has_eval": "eval" in programs,
-        "has_infer": "infer" in programs,
-    }
+    api = api_context(plan, real, programs)
     ctx = {
         **api,
         "graph_name": plan.graph_name,

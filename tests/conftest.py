@@ -48,3 +48,19 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def cache_dir() -> str:
     """The session's model cache (GRAPHC_CACHE_DIR)."""
     return _CACHE
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """--update-golden rewrites tests/golden/ from the current code generator."""
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite the golden generated-C files in tests/golden/ instead of comparing",
+    )
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    """Whether this run rewrites golden files."""
+    return bool(request.config.getoption("--update-golden"))

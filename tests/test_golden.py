@@ -16,6 +16,14 @@ from graphc.codegen.c import render_model
 from graphc.compiler import plan_model
 
 GOLDEN = Path(__file__).parent / "golden"
+#: sympy prints the expressions: another sympy release may print the same math differently
+SYMPY_FILE = GOLDEN / "sympy_version.txt"
+
+
+def _sympy_release() -> str:
+    import sympy
+
+    return ".".join(sympy.__version__.split(".")[:2])
 
 
 def mlp() -> tuple[gc.Graph, gc.Optimizer]:
@@ -60,7 +68,14 @@ def test_generated_c_matches_golden(build, update_golden: bool) -> None:
     if update_golden:
         GOLDEN.mkdir(exist_ok=True)
         path.write_text(source)
+        SYMPY_FILE.write_text(_sympy_release() + "\n")
         return
+    recorded = SYMPY_FILE.read_text().strip()
+    if recorded != _sympy_release():
+        pytest.skip(
+            f"golden files come from sympy {recorded}, this is sympy {_sympy_release()}; "
+            "rerun with --update-golden and review the diff"
+        )
     assert path.exists(), f"no golden file {path}; run pytest {__file__} --update-golden"
     expected = path.read_text()
     if source != expected:

@@ -97,3 +97,30 @@ def verify(nodes: list, params: list | None = None) -> None:
             same_graph = x.graph is node.graph
             assert x in defined or not same_graph, f"{node.name} reads {x.name} before it exists"
         defined.add(node)
+
+
+def classifier_graph(name: str) -> gc.Graph:
+    """A flatten -> relu -> softmax cross-entropy classifier on (3, 5) samples."""
+    g = gc.Graph(name)
+    x = g.input("x", (3, 5))
+    labels = g.input("labels", (), dtype="int32")
+    h = gc.dense(gc.flatten(x), 7, activation="relu", name="hidden")
+    logits = gc.dense(h, 4, name="logits")
+    g.output("probs", gc.softmax(logits))
+    g.minimize(gc.softmax_cross_entropy(logits, labels))
+    return g
+
+
+def reductions_graph(name: str) -> gc.Graph:
+    """Matmul, elu, division by a param, sum/mean over an axis, softmax and cross-entropy."""
+    g = gc.Graph(name)
+    x = g.input("x", (3, 5))
+    t = g.input("t", 7)
+    W = g.param("W", (5, 7))
+    s = g.param("s", (7,), init=1.0)
+    z = gc.elu(gc.matmul(x, W) / s)  # (3, 7)
+    m = gc.mean(z, axis=0) + 0.1 * gc.sum(z * z, axis=0)
+    probs = gc.softmax(m, name="probs")
+    g.output("probs", probs)
+    g.minimize(gc.cross_entropy(probs, t))
+    return g

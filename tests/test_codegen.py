@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import classifier_graph, reductions_graph
 
 import graphc as gc
 from graphc.codegen.c import (
@@ -41,28 +42,11 @@ def mlp() -> gc.Graph:
 
 
 def classifier() -> gc.Graph:
-    g = gc.Graph("ref_clf")
-    x = g.input("x", (3, 5))
-    labels = g.input("labels", (), dtype="int32")
-    h = gc.dense(gc.flatten(x), 7, activation="relu", name="hidden")
-    logits = gc.dense(h, 4, name="logits")
-    g.output("probs", gc.softmax(logits))
-    g.minimize(gc.softmax_cross_entropy(logits, labels))
-    return g
+    return classifier_graph("ref_clf")
 
 
 def reductions() -> gc.Graph:
-    g = gc.Graph("ref_reduce")
-    x = g.input("x", (3, 5))
-    t = g.input("t", 7)
-    W = g.param("W", (5, 7))
-    s = g.param("s", (7,), init=1.0)
-    z = gc.elu(gc.matmul(x, W) / s)  # (3, 7)
-    m = gc.mean(z, axis=0) + 0.1 * gc.sum(z * z, axis=0)
-    probs = gc.softmax(m, name="probs")
-    g.output("probs", probs)
-    g.minimize(gc.cross_entropy(probs, t))
-    return g
+    return reductions_graph("ref_reduce")
 
 
 REFERENCES = {

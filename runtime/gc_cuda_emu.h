@@ -104,8 +104,14 @@ static inline cudaError_t cudaGetDeviceCount(int *count)
 
 static inline cudaError_t cudaMalloc(void **p, size_t bytes)
 {
-    *p = aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
-    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+    const size_t size = (bytes + 255) / 256 * 256 + 256;
+    *p = aligned_alloc(256, size);
+    if (*p == NULL)
+        return cudaErrorMemoryAllocation;
+    /* device memory starts with whatever was there: all-ones bits (NaN in floating point)
+     * make a kernel that reads memory nothing wrote fail here as it would on a GPU */
+    memset(*p, 0xff, size);
+    return cudaSuccess;
 }
 
 static inline cudaError_t cudaFree(void *p)

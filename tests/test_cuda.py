@@ -226,6 +226,34 @@ def test_generated_cuda_compiles_with_nvcc(graphs, dtype):
         assert any(flag.startswith("-arch=") for flag in library.flags)
 
 
+@needs_nvcc
+def test_recurrent_cells_never_read_through_the_read_only_cache(tmp_path):
+    """A recurrent cell runs as the epilogue of its step's GEMM and reads back the C the
+    GEMM has just stored.  On a GPU, a load through the non-coherent read-only cache
+    (ld.global.nc) may return the value from before that store: gradients came out wrong and
+    different on every call, on an H200, while the emulation agreed with C.  nvcc emitted such
+    loads when the cell's pointers were restrict; the PTX of every cell must have none."""
+    from test_cuda_recurrent import gru as gru_graph
+
+    for build in (recurrent, gru_graph):
+        plan, _ = plan_model(build(), 4, "float32", gc.SGD())
+        source, header, _ = cuda.render_model(plan)
+        (tmp_path / f"{plan.name}.h").write_text(header)
+        (tmp_path / f"{plan.name}.cu").write_text(source)
+        ptx = tmp_path / f"{plan.name}.ptx"
+        nvcc = os.environ.get("NVCC") or shutil.which("nvcc")
+        subprocess.run(
+            [nvcc, "-O3", "-std=c++17", "-arch=sm_90", "-ptx", "-I", RUNTIME_DIR, "-I",
+             str(tmp_path), "-o", str(ptx), str(tmp_path / f"{plan.name}.cu")],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        entries = ptx.read_text().split(".entry ")[1:]
+        cells = [e for e in entries if "_cell" in e.split("(", 1)[0]]
+        assert len(cells) >= 2, "the forward and backward cells' GEMM kernels"
+        for entry in cells:
+            assert "ld.global.nc" not in entry, entry.split("(", 1)[0]
+
+
 def test_missing_nvcc_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.delenv("NVCC", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))

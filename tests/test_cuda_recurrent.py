@@ -1,6 +1,7 @@
 """The recurrent time loops on the CUDA backend (templates/cuda/rnn_*.cu.j2): each kind of
 cell, emulated (target "cuda-emu"), against the C backend: outputs, gradients and two
-optimizer steps, float32, relative 1e-4.  The nvcc compile of a recurrent graph is in
+optimizer steps, float32, relative 1e-4; on a GPU (marker ``cuda``) target "cuda" the same
+way.  The nvcc compile of a recurrent graph is in
 tests/test_cuda.py (graph "recurrent"), with the fit/evaluate comparison of that graph."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.build import find_cxx
+from graphc.build import cuda_device_error, find_cxx
 from graphc.errors import CompilerNotFoundError
 
 RTOL = 1e-4
@@ -25,6 +26,18 @@ def _has_cxx() -> bool:
 
 
 needs_cxx = pytest.mark.skipif(not _has_cxx(), reason="the CUDA emulation needs a C++ compiler")
+TARGETS = [
+    pytest.param("cuda-emu", marks=needs_cxx),
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.cuda,
+            pytest.mark.skipif(
+                cuda_device_error() is not None, reason=f"needs a CUDA GPU: {cuda_device_error()}"
+            ),
+        ],
+    ),
+]
 
 
 def relative(a: np.ndarray, b: np.ndarray) -> float:
@@ -89,14 +102,14 @@ def _inputs(model) -> dict[str, np.ndarray]:
     return out
 
 
-@needs_cxx
 @pytest.mark.needs_cc
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_emulated_recurrent_layer_agrees_with_c(name):
+def test_recurrent_layer_agrees_with_c(name, target):
     build, optimizer = CASES[name]
     reference, model = (
         gc.compile(build(), target=t, batch_size=BATCH, optimizer=optimizer(), seed=5)
-        for t in ("c", "cuda-emu")
+        for t in ("c", target)
     )
     assert "gc_cuda_gemm(gc_queue, 0, 1" in model.source, "the backward loop's δu · Wᵀ"
     batch = _inputs(reference)

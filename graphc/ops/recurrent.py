@@ -412,7 +412,8 @@ class ScanKernel(Kernel):
         from graphc.codegen.c import owner, signature
 
         T, H = self.steps, self.hidden
-        ctx = _cell_context(self, self.cell, self.prev, contexts, ("time",))
+        fused = self.h if self.u is None else None
+        ctx = _cell_context(self, self.cell, self.prev, contexts, ("time",), fused)
         params, args = signature(self, contexts.target.real, True)
         time = f"{T - 1} - gc_step" if self.reverse else "gc_step"
         if self.u is None:
@@ -495,7 +496,7 @@ class ScanGradKernel(Kernel):
         from graphc.codegen.c import owner, signature
 
         T, H, G = self.steps, self.hidden, self.width
-        ctx = _cell_context(self, self.cell, self.prev, contexts, ("time", "live"))
+        ctx = _cell_context(self, self.cell, self.prev, contexts, ("time", "live"), self.dh)
         params, args = signature(self, contexts.target.real, True)
         time = "gc_step" if self.reverse else f"{T - 1} - gc_step"
         live = "gc_step > 0"
@@ -572,9 +573,19 @@ def _prev_assignments(kernel: Any, condition: str, ctx: dict) -> list[tuple[str,
 
 
 def _cell_context(
-    kernel: Any, cell: CellCode, prev: tuple[Prev, ...], contexts: Any, scalars: tuple[str, ...]
+    kernel: Any,
+    cell: CellCode,
+    prev: tuple[Prev, ...],
+    contexts: Any,
+    scalars: tuple[str, ...],
+    gemm_output: Tensor | None = None,
 ) -> dict[str, Any]:
-    """Struct fields, cell-function locals and the printed loads/temps/stores of a cell."""
+    """Struct fields, cell-function locals and the printed loads/temps/stores of a cell.
+
+    ``gemm_output`` is the tensor the step's GEMM writes before the cell (its epilogue) reads
+    it back: that one local is neither const nor restrict, since another pointer (the GEMM's
+    C) has just written it; on a GPU a const restrict load may come from the read-only cache,
+    which does not see the GEMM's stores of the same launch."""
     from graphc.codegen.c import c_type, owner
     from graphc.codegen.printer import CPrinter, cse_block, exp_form
 
@@ -611,6 +622,9 @@ def _cell_context(
     stores = [(text(ref), value, label) for (ref, _, label), value in zip(cell.stores, results)]
     refs = [r for _, rs in cell.loads for r in rs] + [ref for ref, _, _ in cell.stores]
     written = {owner(ref.tensor) for ref, _, _ in cell.stores}
+    shared = owner(gemm_output) if gemm_output is not None else None
+    if shared is not None:
+        written.add(shared)
     arrays: dict[str, str] = {}
     for r in refs:
         if r.tensor is not None:
@@ -632,6 +646,9 @@ def _cell_context(
     fields = sorted(arrays.items())
     return {
         "fields": [(ctype, name) for name, ctype in fields],
+        "locals": [
+            (ctype if name == shared else f"{ctype}restrict ", name) for name, ctype in fields
+        ],
         "step_fields": step_fields,
         "init": ", ".join(f".{name} = {name}" for name, _ in fields),
         "pointers": pointers,

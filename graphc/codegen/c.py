@@ -127,9 +127,11 @@ def signature(kernel: Kernel, real: str, uses_n: bool) -> tuple[str, str]:
 class KernelContexts:
     """Builds the template context of every kernel kind."""
 
-    def __init__(self, target: Target, dtype: str) -> None:
+    def __init__(self, target: Target, dtype: str, nowait: frozenset[str] = frozenset()) -> None:
         self.target = target
         self.printer = CPrinter(dtype, inline_exp=target.inline_exp)
+        #: kernels whose loop may end without a barrier (see ``barrier_free``)
+        self.nowait = nowait
 
     def context(self, kernel: Kernel) -> dict[str, Any]:
         """Template name and context for one kernel.
@@ -146,6 +148,8 @@ class KernelContexts:
         ctx["comment"] = kernel.comment.replace("*/", "* /")
         ctx["template"] = f"{self.target.template_dir}/{kernel.template}.{self.target.extension}.j2"
         ctx["parallel_for"] = self.target.parallel_for
+        if kernel.name in self.nowait and self.target.parallel_for:
+            ctx["parallel_for"] += " nowait"
         ctx["single"] = self.target.single
         ctx["real"] = self.target.real
         return ctx
@@ -394,6 +398,61 @@ def _program_context(plan, program, contexts: KernelContexts, place=None) -> dic
     }
 
 
+def barrier_free(plan) -> frozenset[str]:
+    """Elementwise kernels whose loop can end without waiting for the rest of the team.
+
+    Each kernel's ``omp for`` ends in a barrier, so the next kernel sees all of its
+    results.  That wait is only needed where a later kernel touches memory the loop
+    writes, or writes memory it reads, before some other kernel's barrier has synced the
+    team.  Walking each program in order, a barrier is kept at the end of kernel j - 1
+    when kernel j conflicts with any kernel since the last barrier (memory compared as
+    byte ranges of the arena, so buffers the planner reuses count); the program's end is
+    the parallel region's barrier.  A kernel called by several programs waits if any of
+    them needs it to.  Only one-loop elementwise kernels (optimizer updates, activation
+    chains) are candidates: the other templates keep their barriers.
+    """
+    itemsize = 8 if plan.dtype == "float64" else 4
+    extent: dict[str, int] = {}
+    for program in plan.programs:
+        for kernel in program.kernels:
+            for t in reads(kernel) + writes(kernel):
+                size = t.numel(plan.batch) * (itemsize if t.dtype == "real" else 4)
+                extent[owner(t)] = max(extent.get(owner(t), 0), size)
+
+    def ranges(program, tensors) -> list[tuple[str, int, int]]:
+        out = []
+        for t in tensors:
+            name = owner(t)
+            if name in {i.name for i in program.inputs}:
+                out.append((name, 0, extent[name]))  # the caller's array, not the arena
+            else:
+                start = plan.memory.offset(program.name, name)
+                out.append(("arena", start, start + extent[name]))
+        return out
+
+    def overlap(a, b) -> bool:
+        return any(x[0] == y[0] and x[1] < y[2] and y[1] < x[2] for x in a for y in b)
+
+    candidates = {
+        k.name for p in plan.programs for k in p.kernels if k.template == "elementwise"
+    }
+    waits: set[str] = set()
+    for program in plan.programs:
+        pending: list[tuple[list, list]] = []  # (reads, writes) since the last barrier
+        previous = None
+        for kernel in program.kernels:
+            r, w = ranges(program, reads(kernel)), ranges(program, writes(kernel))
+            if any(overlap(w, pw) or overlap(w, pr) or overlap(r, pw) for pr, pw in pending):
+                waits.add(previous.name)
+                pending = []
+            if kernel.name in candidates:
+                pending.append((r, w))
+            else:
+                pending = []
+            previous = kernel
+    return frozenset(candidates - waits)
+
+
 def work_text(program) -> str:
     """C expression of a program's rough flop count for ``n`` rows: it sizes the team."""
     fixed = sum(k.flops(0) for k in program.kernels)
@@ -453,7 +512,7 @@ def render_model(plan) -> tuple[str, str, str]:
     env = environment()
     real = "float" if plan.dtype == "float32" else "double"
     target = Target(real=real, inline_exp=True)
-    contexts = KernelContexts(target, plan.dtype)
+    contexts = KernelContexts(target, plan.dtype, barrier_free(plan))
     kernels_text = []
     seen = set()
     for program in plan.programs:

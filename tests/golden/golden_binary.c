@@ -221,7 +221,7 @@ static void update_hidden_W(float *restrict hidden_W, const float *restrict grad
     const float bc2 = 1 - powf(0.999F, t);
     const float alpha = lr/bc1;
     const float rsqrt_bc2 = 1.0F/sqrtf(bc2);
-    #pragma omp for schedule(static)
+    #pragma omp for schedule(static) nowait
     for (long i = 0; i < 24; ++i) {
         const float hidden_W_old = hidden_W[i];
         const float hidden_W_m_old = hidden_W_m[i];
@@ -244,7 +244,7 @@ static void update_hidden_b(float *restrict hidden_b, const float *restrict grad
     const float bc2 = 1 - powf(0.999F, t);
     const float alpha = lr/bc1;
     const float rsqrt_bc2 = 1.0F/sqrtf(bc2);
-    #pragma omp for schedule(static)
+    #pragma omp for schedule(static) nowait
     for (long i = 0; i < 6; ++i) {
         const float hidden_b_old = hidden_b[i];
         const float hidden_b_m_old = hidden_b_m[i];
@@ -267,7 +267,7 @@ static void update_out_W(float *restrict out_W, const float *restrict grad_out_W
     const float bc2 = 1 - powf(0.999F, t);
     const float alpha = lr/bc1;
     const float rsqrt_bc2 = 1.0F/sqrtf(bc2);
-    #pragma omp for schedule(static)
+    #pragma omp for schedule(static) nowait
     for (long i = 0; i < 6; ++i) {
         const float out_W_old = out_W[i];
         const float out_W_m_old = out_W_m[i];
@@ -290,7 +290,7 @@ static void update_out_b(float *restrict out_b, const float *restrict grad_out_b
     const float bc2 = 1 - powf(0.999F, t);
     const float alpha = lr/bc1;
     const float rsqrt_bc2 = 1.0F/sqrtf(bc2);
-    #pragma omp for schedule(static)
+    #pragma omp for schedule(static) nowait
     for (long i = 0; i < 1; ++i) {
         const float out_b_old = out_b[i];
         const float out_b_m_old = out_b_m[i];

@@ -335,7 +335,7 @@ static void k_grad_conv_W(const int batch, const float *restrict delta_conv, con
 
 static void update_conv_W(float *restrict conv_W, const float *restrict grad_conv_W, float *restrict conv_W_v, const float lr)
 {
-    #pragma omp for schedule(static)
+    #pragma omp for schedule(static) nowait
     for (long i = 0; i < 18; ++i) {
         const float conv_W_old = conv_W[i];
         const float conv_W_v_old = conv_W_v[i];
@@ -351,7 +351,7 @@ static void update_conv_W(float *restrict conv_W, const float *restrict grad_con
 
 static void update_conv_b(float *restrict conv_b, const float *restrict d_conv_b_view, float *restrict conv_b_v, const float lr)
 {
-    #pragma omp for schedule(static)
+    #pragma omp for schedule(static) nowait
     for (long i = 0; i < 2; ++i) {
         const float conv_b_old = conv_b[i];
         const float conv_b_v_old = conv_b_v[i];
@@ -367,7 +367,7 @@ static void update_conv_b(float *restrict conv_b, const float *restrict d_conv_b
 
 static void update_out_W(float *restrict out_W, const float *restrict grad_out_W, float *restrict out_W_v, const float lr)
 {
-    #pragma omp for schedule(static)
+    #pragma omp for schedule(static) nowait
     for (long i = 0; i < 54; ++i) {
         const float out_W_old = out_W[i];
         const float out_W_v_old = out_W_v[i];
@@ -383,7 +383,7 @@ static void update_out_W(float *restrict out_W, const float *restrict grad_out_W
 
 static void update_out_b(float *restrict out_b, const float *restrict grad_out_b, float *restrict out_b_v, const float lr)
 {
-    #pragma omp for schedule(static)
+    #pragma omp for schedule(static) nowait
     for (long i = 0; i < 3; ++i) {
         const float out_b_old = out_b[i];
         const float out_b_v_old = out_b_v[i];

@@ -228,7 +228,7 @@ static void k_grad_hidden_W(const int n, const float *restrict x, const float *r
 
 static void update_hidden_W(float *restrict hidden_W, const float *restrict grad_hidden_W, const float lr)
 {
-    #pragma omp for schedule(static)
+    #pragma omp for schedule(static) nowait
     for (long i = 0; i < 35; ++i) {
         const float hidden_W_old = hidden_W[i];
         hidden_W[i] = -grad_hidden_W[i]*lr + hidden_W_old;  /* hidden.W */
@@ -241,7 +241,7 @@ static void update_hidden_W(float *restrict hidden_W, const float *restrict grad
 
 static void update_hidden_b(float *restrict hidden_b, const float *restrict grad_hidden_b, const float lr)
 {
-    #pragma omp for schedule(static)
+    #pragma omp for schedule(static) nowait
     for (long i = 0; i < 7; ++i) {
         const float hidden_b_old = hidden_b[i];
         hidden_b[i] = -grad_hidden_b[i]*lr + hidden_b_old;  /* hidden.b */
@@ -254,7 +254,7 @@ static void update_hidden_b(float *restrict hidden_b, const float *restrict grad
 
 static void update_out_W(float *restrict out_W, const float *restrict grad_out_W, const float lr)
 {
-    #pragma omp for schedule(static)
+    #pragma omp for schedule(static) nowait
     for (long i = 0; i < 21; ++i) {
         const float out_W_old = out_W[i];
         out_W[i] = -grad_out_W[i]*lr + out_W_old;  /* out.W */
@@ -267,7 +267,7 @@ static void update_out_W(float *restrict out_W, const float *restrict grad_out_W
 
 static void update_out_b(float *restrict out_b, const float *restrict grad_out_b, const float lr)
 {
-    #pragma omp for schedule(static)
+    #pragma omp for schedule(static) nowait
     for (long i = 0; i < 3; ++i) {
         const float out_b_old = out_b[i];
         out_b[i] = -grad_out_b[i]*lr + out_b_old;  /* out.b */

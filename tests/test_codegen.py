@@ -21,6 +21,7 @@ from graphc.codegen.c import (
     TEMPLATE_DIR,
     KernelContexts,
     Target,
+    barrier_free,
     environment,
     render_model,
     template_variables,
@@ -246,3 +247,18 @@ def test_templates_stay_short():
             lengths[name] = len(f.read().splitlines())
     for name in ("elementwise.c.j2", "gemm.c.j2", "reduce.c.j2", "softmax.c.j2", "loss.c.j2"):
         assert lengths[name] <= 60, (name, lengths[name])
+
+
+def test_only_independent_elementwise_loops_skip_their_barrier():
+    """The optimizer updates touch nothing the kernels after them touch: they end nowait.
+    Every other elementwise loop of this graph feeds the next kernel and keeps its barrier."""
+    plan, _ = plan_model(reductions_graph("nowait"), 8, "float32", gc.Adam())
+    free = barrier_free(plan)
+    train = next(p for p in plan.programs if p.name == "train")
+    loops = [k.name for k in train.kernels if k.template == "elementwise"]
+    updates = [name for name in loops if name.startswith("update_")]
+    assert len(updates) == 2 and set(updates) <= free
+    assert len(loops) > len(updates)
+    assert not free & (set(loops) - set(updates))
+    source = render_model(plan)[0]
+    assert source.count("#pragma omp for schedule(static) nowait") == len(updates)

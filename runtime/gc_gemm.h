@@ -55,9 +55,11 @@
 #endif
 
 #ifdef _OPENMP
-#define GC_GEMM_OMP_FOR _Pragma("omp for schedule(static)")
+#define GC_GEMM_OMP_FOR _Pragma("omp for schedule(static) nowait")
+#define GC_GEMM_BARRIER _Pragma("omp barrier")
 #else
 #define GC_GEMM_OMP_FOR
+#define GC_GEMM_BARRIER
 #endif
 
 /* Vector width: 256-bit where AVX exists, otherwise 128-bit, which every target
@@ -375,15 +377,12 @@ static inline void gc_gemm_grid(int mpanels, int npanels, int nthreads, int *gm,
 /* C[M x N] (row-major, leading dim ldc) = op(A)[M x K] * op(B)[K x N]  (+ C if accumulate)
    op(A) = A (row-major M x K, lda) if !trans_a, else A^T where A is stored K x M (lda).
    op(B) = B (row-major K x N, ldb) if !trans_b, else B^T where B is stored N x K (ldb).
-   Call it from every thread of a parallel region, or from one thread; it returns once
-   all of C is done. */
-static void gc_gemm(int trans_a, int trans_b, int M, int N, int K, const GC_REAL *A, int lda,
-                    const GC_REAL *B, int ldb, int accumulate, GC_REAL *C, int ldc,
-                    gc_gemm_epilogue epilogue, void *ctx) __attribute__((unused));
-
-static void gc_gemm(int trans_a, int trans_b, int M, int N, int K, const GC_REAL *A, int lda,
-                    const GC_REAL *B, int ldb, int accumulate, GC_REAL *C, int ldc,
-                    gc_gemm_epilogue epilogue, void *ctx)
+   Call it from every thread of a parallel region, or from one thread.  gc_gemm returns
+   once all of C is done; gc_gemm_nowait once this thread's tiles are (the caller knows
+   nothing before the next barrier needs the rest). */
+static inline void gc_gemm_tiles(int trans_a, int trans_b, int M, int N, int K, const GC_REAL *A,
+                                 int lda, const GC_REAL *B, int ldb, int accumulate, GC_REAL *C,
+                                 int ldc, gc_gemm_epilogue epilogue, void *ctx)
 {
     int nthreads = 1;
 #ifdef _OPENMP
@@ -437,6 +436,30 @@ static void gc_gemm(int trans_a, int trans_b, int M, int N, int K, const GC_REAL
         if (epilogue)
             epilogue(ctx, i0, mc, j0, nc);
     }
+}
+
+static void gc_gemm(int trans_a, int trans_b, int M, int N, int K, const GC_REAL *A, int lda,
+                    const GC_REAL *B, int ldb, int accumulate, GC_REAL *C, int ldc,
+                    gc_gemm_epilogue epilogue, void *ctx) __attribute__((unused));
+
+static void gc_gemm(int trans_a, int trans_b, int M, int N, int K, const GC_REAL *A, int lda,
+                    const GC_REAL *B, int ldb, int accumulate, GC_REAL *C, int ldc,
+                    gc_gemm_epilogue epilogue, void *ctx)
+{
+    gc_gemm_tiles(trans_a, trans_b, M, N, K, A, lda, B, ldb, accumulate, C, ldc, epilogue, ctx);
+    GC_GEMM_BARRIER
+}
+
+static void gc_gemm_nowait(int trans_a, int trans_b, int M, int N, int K, const GC_REAL *A,
+                           int lda, const GC_REAL *B, int ldb, int accumulate, GC_REAL *C,
+                           int ldc, gc_gemm_epilogue epilogue, void *ctx)
+    __attribute__((unused));
+
+static void gc_gemm_nowait(int trans_a, int trans_b, int M, int N, int K, const GC_REAL *A,
+                           int lda, const GC_REAL *B, int ldb, int accumulate, GC_REAL *C,
+                           int ldc, gc_gemm_epilogue epilogue, void *ctx)
+{
+    gc_gemm_tiles(trans_a, trans_b, M, N, K, A, lda, B, ldb, accumulate, C, ldc, epilogue, ctx);
 }
 
 #endif /* GC_GEMM_H */

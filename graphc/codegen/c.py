@@ -148,7 +148,8 @@ class KernelContexts:
         ctx["comment"] = kernel.comment.replace("*/", "* /")
         ctx["template"] = f"{self.target.template_dir}/{kernel.template}.{self.target.extension}.j2"
         ctx["parallel_for"] = self.target.parallel_for
-        if kernel.name in self.nowait and self.target.parallel_for:
+        ctx["nowait"] = kernel.name in self.nowait and bool(self.target.parallel_for)
+        if ctx["nowait"]:
             ctx["parallel_for"] += " nowait"
         ctx["single"] = self.target.single
         ctx["real"] = self.target.real
@@ -408,8 +409,9 @@ def barrier_free(plan) -> frozenset[str]:
     when kernel j conflicts with any kernel since the last barrier (memory compared as
     byte ranges of the arena, so buffers the planner reuses count); the program's end is
     the parallel region's barrier.  A kernel called by several programs waits if any of
-    them needs it to.  Only one-loop elementwise kernels (optimizer updates, activation
-    chains) are candidates: the other templates keep their barriers.
+    them needs it to.  Candidates are the one-loop elementwise kernels (optimizer updates,
+    activation chains) and the matrix products (``gc_gemm_nowait``); the other templates
+    keep their barriers.
     """
     itemsize = 8 if plan.dtype == "float64" else 4
     extent: dict[str, int] = {}
@@ -434,7 +436,7 @@ def barrier_free(plan) -> frozenset[str]:
         return any(x[0] == y[0] and x[1] < y[2] and y[1] < x[2] for x in a for y in b)
 
     candidates = {
-        k.name for p in plan.programs for k in p.kernels if k.template == "elementwise"
+        k.name for p in plan.programs for k in p.kernels if k.template in ("elementwise", "gemm")
     }
     waits: set[str] = set()
     for program in plan.programs:

@@ -179,7 +179,7 @@ static void k_delta_hidden_epilogue(void *ctx, int r0, int nr, int c0, int nc)
 static void k_delta_hidden(const int n, const float *restrict delta_out, const float *restrict out_W, const float *restrict hidden, float *restrict delta_hidden)
 {
     struct k_delta_hidden_tile tile = { hidden, delta_hidden };
-    gc_gemm(0, 1, n, 6, 1, delta_out, 1, out_W, 1, 0, delta_hidden, 6, k_delta_hidden_epilogue, &tile);
+    gc_gemm_nowait(0, 1, n, 6, 1, delta_out, 1, out_W, 1, 0, delta_hidden, 6, k_delta_hidden_epilogue, &tile);
 }
 
 

@@ -207,7 +207,7 @@ static void k_grad_out_b(const int n, const float *restrict delta_out, float *re
 
 static void k_d_reshape(const int n, const float *restrict delta_out, const float *restrict out_W, float *restrict d_reshape)
 {
-    gc_gemm(0, 1, n, 18, 3, delta_out, 3, out_W, 3, 0, d_reshape, 18, NULL, NULL);
+    gc_gemm_nowait(0, 1, n, 18, 3, delta_out, 3, out_W, 3, 0, d_reshape, 18, NULL, NULL);
 }
 
 

@@ -184,7 +184,11 @@ def _compile_cached(
         os.replace(tmp_lib, library_path)
     ffi = cffi.FFI()
     ffi.cdef(cdef)
-    lib = ffi.dlopen(library_path) if load else None
+    # RTLD_NODELETE: a model library (and with it the OpenMP runtime it links) stays
+    # mapped after its Model is gone.  Unmapped, libgomp's pool threads, which outlive
+    # the model, would run unmapped code: seen as a SIGSEGV at exit with
+    # OMP_WAIT_POLICY=active, and possible whenever the last model is freed.
+    lib = ffi.dlopen(library_path, ffi.RTLD_NOW | ffi.RTLD_NODELETE) if load else None
     return Library(
         ffi,
         lib,

@@ -171,3 +171,35 @@ def test_concurrent_builds_in_processes(private_cache):
     assert os.path.isfile(library)
     leftovers = [n for n in os.listdir(os.path.dirname(library)) if n.startswith(".tmp")]
     assert leftovers == []
+
+
+@pytest.mark.needs_cc
+def test_freeing_the_last_model_leaves_the_openmp_threads_running_code(tmp_path):
+    """The OpenMP runtime's pool threads outlive a model.  If its library were unmapped
+    when the last Model goes, they would run unmapped code: the process crashed at exit
+    with OMP_WAIT_POLICY=active (spinning threads) before libraries were loaded with
+    RTLD_NODELETE."""
+    script = tmp_path / "free_model.py"
+    script.write_text(
+        "import gc as collector, time\n"
+        "import numpy as np\n"
+        "import graphc as gc\n"
+        "from graphc.build import default_flags, find_compiler\n"
+        "g = gc.Graph('team_of_two')\n"
+        "x = g.input('x', 16)\n"
+        "y = g.input('y', 4)\n"
+        "g.minimize(gc.mse(gc.dense(x, 4, name='out'), y))\n"
+        "flags = default_flags(find_compiler()) + ['-DGC_TEAM_FLOPS=0']\n"
+        "m = gc.compile(g, batch_size=8, optimizer=gc.SGD(), num_threads=2, cflags=flags)\n"
+        "m.train_step(np.ones((8, 16), np.float32), np.ones((8, 4), np.float32))\n"
+        "del m\n"
+        "collector.collect()\n"
+        "time.sleep(0.2)\n"
+        "print('exited cleanly')\n"
+    )
+    env = {**os.environ, "OMP_WAIT_POLICY": "active"}
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "exited cleanly" in result.stdout

@@ -262,3 +262,11 @@ def test_only_independent_elementwise_loops_skip_their_barrier():
     assert not free & (set(loops) - set(updates))
     source = render_model(plan)[0]
     assert source.count("#pragma omp for schedule(static) nowait") == len(updates)
+
+
+@pytest.mark.parametrize("build", [classifier_graph, reductions_graph])
+def test_generated_c_has_no_blank_line_inside_a_block(build):
+    """Generated code is read by people: no empty line opens or closes a block."""
+    plan, _ = plan_model(build("tidy"), 8, "float32", gc.Adam())
+    source = render_model(plan)[0]
+    assert not re.search(r"\{\n[ \t]*\n|\n[ \t]*\n[ \t]+\}", source)

@@ -37,7 +37,6 @@ static void k_hidden_epilogue(void *ctx, int r0, int nr, int c0, int nc)
         for (int c = c0; c < c0 + nc; ++c) {
             const float t0 = hidden[r * 6 + c] + hidden_b[c];
             hidden[r * 6 + c] = ((t0 <= 0) ? (0) : (t0));  /* hidden */
-
         }
     }
 }
@@ -65,7 +64,6 @@ static void k_out_epilogue(void *ctx, int r0, int nr, int c0, int nc)
     for (int r = r0; r < r0 + nr; ++r) {
         for (int c = c0; c < c0 + nc; ++c) {
             out[r + c] = 1.0F/(gc_expf(-out[r * 1 + c] - out_b[0]) + 1);  /* out */
-
         }
     }
 }
@@ -86,7 +84,6 @@ static void k_binary_cross_entropy(const int n, const float *restrict out, const
     for (long r = 0; r < n; ++r) {
         double sum = 0.0;
         for (int c = 0; c < 1; ++c) {
-
             sum += -v_t[r * 1 + c]*logf(fmaxf(1.0e-30F, out[r * 1 + c])) + (v_t[r * 1 + c] - 1)*logf(fmaxf(1.0e-30F, 1 - out[r * 1 + c]));
         }
         binary_cross_entropy_rows[r] = (float)sum;
@@ -128,7 +125,6 @@ static void k_delta_out_epilogue(void *ctx, int r0, int nr, int c0, int nc)
             const float t0 = 1.0F/(gc_expf(-delta_out[r * 1 + c] - out_b[0]) + 1);
             out[r + c] = t0;  /* out */
             delta_out[r + c] = -(-t0 + v_t[r])/n;  /* delta_out */
-
         }
     }
 }
@@ -170,7 +166,6 @@ static void k_delta_hidden_epilogue(void *ctx, int r0, int nr, int c0, int nc)
     for (int r = r0; r < r0 + nr; ++r) {
         for (int c = c0; c < c0 + nc; ++c) {
             delta_hidden[r * 6 + c] = delta_hidden[r * 6 + c]*((hidden[r * 6 + c] <= 0) ? (0) : (1));  /* delta_hidden */
-
         }
     }
 }
@@ -231,7 +226,6 @@ static void update_hidden_W(float *restrict hidden_W, const float *restrict grad
         hidden_W_m[i] = t0;  /* hidden.W.m */
         hidden_W_v[i] = t1;  /* hidden.W.v */
         hidden_W[i] = -alpha*t0/(rsqrt_bc2*sqrtf(t1) + 1.0e-8F) + hidden_W_old;  /* hidden.W */
-
     }
 }
 
@@ -254,7 +248,6 @@ static void update_hidden_b(float *restrict hidden_b, const float *restrict grad
         hidden_b_m[i] = t0;  /* hidden.b.m */
         hidden_b_v[i] = t1;  /* hidden.b.v */
         hidden_b[i] = -alpha*t0/(rsqrt_bc2*sqrtf(t1) + 1.0e-8F) + hidden_b_old;  /* hidden.b */
-
     }
 }
 
@@ -277,7 +270,6 @@ static void update_out_W(float *restrict out_W, const float *restrict grad_out_W
         out_W_m[i] = t0;  /* out.W.m */
         out_W_v[i] = t1;  /* out.W.v */
         out_W[i] = -alpha*t0/(rsqrt_bc2*sqrtf(t1) + 1.0e-8F) + out_W_old;  /* out.W */
-
     }
 }
 
@@ -300,7 +292,6 @@ static void update_out_b(float *restrict out_b, const float *restrict grad_out_b
         out_b_m[i] = t0;  /* out.b.m */
         out_b_v[i] = t1;  /* out.b.v */
         out_b[i] = -alpha*t0/(rsqrt_bc2*sqrtf(t1) + 1.0e-8F) + out_b_old;  /* out.b */
-
     }
 }
 

@@ -101,7 +101,6 @@ static void k_out_epilogue(void *ctx, int r0, int nr, int c0, int nc)
     for (int r = r0; r < r0 + nr; ++r) {
         for (int c = c0; c < c0 + nc; ++c) {
             out[r * 3 + c] = out[r * 3 + c] + out_b[c];  /* out */
-
         }
     }
 }
@@ -153,7 +152,6 @@ static void k_softmax_cross_entropy(const int n, const float *restrict softmax, 
         const float lse = top + logf(total);
         double sum = 0.0;
         for (int c = 0; c < 3; ++c) {
-
             sum += (c == y[r] ? 1.0F : 0.0F)*(lse - out[r * 3 + c]);
         }
         softmax_cross_entropy_rows[r] = (float)sum;
@@ -183,7 +181,6 @@ static void k_delta_out(const int n, const float *restrict softmax, const int32_
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 3; ++j) {
             delta_out[i * 3 + j] = -((j == y[i] ? 1.0F : 0.0F) - softmax[i * 3 + j])/n;  /* delta_out */
-
         }
     }
 }
@@ -342,7 +339,6 @@ static void update_conv_W(float *restrict conv_W, const float *restrict grad_con
         const float t0 = 0.9F*conv_W_v_old + grad_conv_W[i];
         conv_W_v[i] = t0;  /* conv.W.v */
         conv_W[i] = conv_W_old - lr*t0;  /* conv.W */
-
     }
 }
 
@@ -358,7 +354,6 @@ static void update_conv_b(float *restrict conv_b, const float *restrict d_conv_b
         const float t0 = 0.9F*conv_b_v_old + d_conv_b_view[i];
         conv_b_v[i] = t0;  /* conv.b.v */
         conv_b[i] = conv_b_old - lr*t0;  /* conv.b */
-
     }
 }
 
@@ -374,7 +369,6 @@ static void update_out_W(float *restrict out_W, const float *restrict grad_out_W
         const float t0 = grad_out_W[i] + 0.9F*out_W_v_old;
         out_W_v[i] = t0;  /* out.W.v */
         out_W[i] = -lr*t0 + out_W_old;  /* out.W */
-
     }
 }
 
@@ -390,7 +384,6 @@ static void update_out_b(float *restrict out_b, const float *restrict grad_out_b
         const float t0 = grad_out_b[i] + 0.9F*out_b_v_old;
         out_b_v[i] = t0;  /* out.b.v */
         out_b[i] = -lr*t0 + out_b_old;  /* out.b */
-
     }
 }
 

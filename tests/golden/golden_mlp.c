@@ -36,7 +36,6 @@ static void k_hidden_epilogue(void *ctx, int r0, int nr, int c0, int nc)
     for (int r = r0; r < r0 + nr; ++r) {
         for (int c = c0; c < c0 + nc; ++c) {
             hidden[r * 7 + c] = -1 + 2/(1 + gc_expf(-2*(hidden[r * 7 + c] + hidden_b[c])));  /* hidden */
-
         }
     }
 }
@@ -64,7 +63,6 @@ static void k_out_epilogue(void *ctx, int r0, int nr, int c0, int nc)
     for (int r = r0; r < r0 + nr; ++r) {
         for (int c = c0; c < c0 + nc; ++c) {
             out[r * 3 + c] = out[r * 3 + c] + out_b[c];  /* out */
-
         }
     }
 }
@@ -116,7 +114,6 @@ static void k_softmax_cross_entropy(const int n, const float *restrict softmax, 
         const float lse = top + logf(total);
         double sum = 0.0;
         for (int c = 0; c < 3; ++c) {
-
             sum += (c == y[r] ? 1.0F : 0.0F)*(lse - out[r * 3 + c]);
         }
         softmax_cross_entropy_rows[r] = (float)sum;
@@ -146,7 +143,6 @@ static void k_delta_out(const int n, const float *restrict softmax, const int32_
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 3; ++j) {
             delta_out[i * 3 + j] = -((j == y[i] ? 1.0F : 0.0F) - softmax[i * 3 + j])/n;  /* delta_out */
-
         }
     }
 }
@@ -181,7 +177,6 @@ static void k_delta_hidden_epilogue(void *ctx, int r0, int nr, int c0, int nc)
     for (int r = r0; r < r0 + nr; ++r) {
         for (int c = c0; c < c0 + nc; ++c) {
             delta_hidden[r * 7 + c] = -delta_hidden[r * 7 + c]*((hidden[r * 7 + c]*hidden[r * 7 + c]) - 1);  /* delta_hidden */
-
         }
     }
 }
@@ -232,7 +227,6 @@ static void update_hidden_W(float *restrict hidden_W, const float *restrict grad
     for (long i = 0; i < 35; ++i) {
         const float hidden_W_old = hidden_W[i];
         hidden_W[i] = -grad_hidden_W[i]*lr + hidden_W_old;  /* hidden.W */
-
     }
 }
 
@@ -245,7 +239,6 @@ static void update_hidden_b(float *restrict hidden_b, const float *restrict grad
     for (long i = 0; i < 7; ++i) {
         const float hidden_b_old = hidden_b[i];
         hidden_b[i] = -grad_hidden_b[i]*lr + hidden_b_old;  /* hidden.b */
-
     }
 }
 
@@ -258,7 +251,6 @@ static void update_out_W(float *restrict out_W, const float *restrict grad_out_W
     for (long i = 0; i < 21; ++i) {
         const float out_W_old = out_W[i];
         out_W[i] = -grad_out_W[i]*lr + out_W_old;  /* out.W */
-
     }
 }
 
@@ -271,7 +263,6 @@ static void update_out_b(float *restrict out_b, const float *restrict grad_out_b
     for (long i = 0; i < 3; ++i) {
         const float out_b_old = out_b[i];
         out_b[i] = -grad_out_b[i]*lr + out_b_old;  /* out.b */
-
     }
 }
 

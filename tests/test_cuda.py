@@ -248,9 +248,11 @@ def test_recurrent_cells_never_read_through_the_read_only_cache(tmp_path):
             check=True, capture_output=True,
         )  # fmt: skip
         entries = ptx.read_text().split(".entry ")[1:]
-        cells = [e for e in entries if "_cell" in e.split("(", 1)[0]]
+        gemms = [e for e in entries if e.startswith("_Z14gc_gemm_kernel")]
+        cells = [e for e in gemms if "_cell" in e.split("(", 1)[0]]
         assert len(cells) >= 2, "the forward and backward cells' GEMM kernels"
-        for entry in cells:
+        # every epilogue runs after the stores of C, so no GEMM kernel may use that cache
+        for entry in gemms:
             assert "ld.global.nc" not in entry, entry.split("(", 1)[0]
 
 

@@ -936,6 +936,10 @@ class ConvBackwardFilterKernel(Kernel):
                 walk["row_tap"],
             ),
             "sums": sums,
+            # samples per simd loop, and how far apart consecutive samples' rows lie
+            "unroll": 4,
+            "d_sample": product(delta_plane),
+            "row_sample": win.channels * product(win.padded),
             "var": walk["var"],
             "width": walk["width"],
             "simd": (

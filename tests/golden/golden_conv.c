@@ -303,7 +303,29 @@ static void k_grad_conv_W(const int batch, const float *restrict delta_conv, con
     for (long o = 0; o < 2; ++o) {
         for (long c = 0; c < 1; ++c) {
             float acc[9] = {0};
-            for (long n = 0; n < batch; ++n) {
+            for (long n = 0; n + 4 <= batch; n += 4) {
+                for (long p = 0; p < 3; ++p) {
+                    const float *restrict d = grad_conv_W_delta_rows + n * 96 + o * 48;
+                    const float *restrict row = grad_conv_W_padded_input + n * 64 + c * 64 + p * 8;
+                    float dot0 = 0.0F;
+                    float dot1 = 0.0F;
+                    float dot2 = 0.0F;
+                    #pragma omp simd reduction(+:dot0, dot1, dot2)
+                    for (long yx = 0; yx < 46; ++yx) {
+                        const float dv0 = d[yx];
+                        const float dv1 = d[96 + yx];
+                        const float dv2 = d[192 + yx];
+                        const float dv3 = d[288 + yx];
+                        dot0 += dv0 * row[yx] + dv1 * row[64 + yx] + dv2 * row[128 + yx] + dv3 * row[192 + yx];
+                        dot1 += dv0 * row[yx + 1] + dv1 * row[64 + yx + 1] + dv2 * row[128 + yx + 1] + dv3 * row[192 + yx + 1];
+                        dot2 += dv0 * row[yx + 2] + dv1 * row[64 + yx + 2] + dv2 * row[128 + yx + 2] + dv3 * row[192 + yx + 2];
+                    }
+                    acc[p * 3 + 0] += dot0;
+                    acc[p * 3 + 1] += dot1;
+                    acc[p * 3 + 2] += dot2;
+                }
+            }
+            for (long n = batch - batch % 4; n < batch; ++n) {
                 for (long p = 0; p < 3; ++p) {
                     const float *restrict d = grad_conv_W_delta_rows + n * 96 + o * 48;
                     const float *restrict row = grad_conv_W_padded_input + n * 64 + c * 64 + p * 8;

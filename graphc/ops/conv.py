@@ -523,11 +523,14 @@ def input_subscripts(window: Window) -> str:
 LOCALS = ("batch", "n", "o", "c", "y", "x", "yx", "p", "q", "i", "acc", "w", "d", "dot", "row")
 LOCALS += ("dv",)
 LOCALS += ("src", "dst", "to", "plane", "window", "best")
+LOCALS += ("ob", "blk")
 
 #: a flat sweep keeps one plane of sums on the stack: at most this many elements
 FLAT_STACK_LIMIT = 4096
 #: kernels at most this wide add a whole row of taps in one pass over the sums
 UNROLL_LIMIT = 8
+#: output channels that share each load of an input row (the largest that divides them)
+CHANNEL_BLOCKS = (4, 3, 2)
 
 
 # --- kernels ----------------------------------------------------------------------------------
@@ -571,7 +574,12 @@ class ConvKernel(Kernel):
         walk = sweep(v, win, self.flat)
         # this kernel's output and input channels; a transposed one makes c of o
         o, c = (v["c"], v["o"]) if self.transposed else (v["o"], v["c"])
-        outer = [(v["n"], v["batch"]), (o, self.out_channels)] + walk["rows"]
+        # a row of taps loaded once serves ``block`` output channels (flat sweeps)
+        block = 1
+        if self.flat and win.kernel[-1] <= UNROLL_LIMIT:
+            block = next((b for b in CHANNEL_BLOCKS if self.out_channels % b == 0), 1)
+        channel = (v["ob"], self.out_channels // block) if block > 1 else (o, self.out_channels)
+        outer = [(v["n"], v["batch"]), channel] + walk["rows"]
         taps = [(c, win.channels)] + [(v[t], k) for t, k in zip(tap_vars, win.kernel)]
         if self.transposed:
             flipped = [f"({k - 1} - {v[t]})" for t, k in zip(tap_vars, win.kernel)]
@@ -598,12 +606,18 @@ class ConvKernel(Kernel):
                 leading += [f"({kk - 1} - {v[t]})" for t, kk in zip(tap_vars[:-1], win.kernel)]
             else:
                 leading += [v[t] for t in tap_vars[:-1]]
-            base = offset_text(leading, (*axes, *win.kernel))
             columns = [k - 1 - j if self.transposed else j for j in range(k)]
-            row_taps = {
-                "weights": [
+
+            def row_weights(channel: str) -> list[str]:
+                at = [channel if name == o else name for name in leading]
+                base = offset_text(at, (*axes, *win.kernel))
+                return [
                     f"{owner(self.weights)}[{plus(base, str(j) if j else None)}]" for j in columns
-                ],
+                ]
+
+            row_taps = {
+                "weights": row_weights(o),
+                "blocks": [row_weights(f"({v['ob']} * {block} + {b})") for b in range(block)],
                 "terms": [(j, plus(walk["step"], str(j) if j else None)) for j in range(k)],
                 "row": plus(
                     owner(source),
@@ -619,7 +633,7 @@ class ConvKernel(Kernel):
             stores = [(v["x"], win.out[-1])]
             position = v["x"]
         variables = [v["n"], o, *[v[var] for var in out_vars]]
-        acc = f"{v['acc']}[{position}]"
+        acc = f"{v['acc']}[{v['blk']}][{position}]" if block > 1 else f"{v['acc']}[{position}]"
         start, stop = self._swept(v, walk["width"])
         return {
             "params": params,
@@ -645,7 +659,9 @@ class ConvKernel(Kernel):
             "row_taps": row_taps,
             "simd": cg.target.simd,
             "store_loops": stores,
-            "indent": indents(len(outer) + 1, len(taps), len(taps) + 1, len(stores)),
+            "block": block,
+            "channel": o,
+            "indent": indents(len(outer) + 1, len(taps), len(taps) + 1, len(stores), 1),
             **output_body(cg, self.output, variables, acc, v["batch"]),
         }
 

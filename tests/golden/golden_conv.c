@@ -42,21 +42,29 @@ static void k_conv_conv(const int batch, const float *restrict x, const float *r
     }
     #pragma omp for schedule(static) collapse(2)
     for (long n = 0; n < batch; ++n) {
-        for (long o = 0; o < 2; ++o) {
-            float acc[46] = {0};
+        for (long ob = 0; ob < 1; ++ob) {
+            float acc[2][46] = {{0}};
             for (long c = 0; c < 1; ++c) {
                 for (long p = 0; p < 3; ++p) {
-                    const float w[3] = { conv_W[o * 9 + c * 9 + p * 3], conv_W[o * 9 + c * 9 + p * 3 + 1], conv_W[o * 9 + c * 9 + p * 3 + 2] };
+                    const float w[2][3] = {
+                        { conv_W[(ob * 2 + 0) * 9 + c * 9 + p * 3], conv_W[(ob * 2 + 0) * 9 + c * 9 + p * 3 + 1], conv_W[(ob * 2 + 0) * 9 + c * 9 + p * 3 + 2] },
+                        { conv_W[(ob * 2 + 1) * 9 + c * 9 + p * 3], conv_W[(ob * 2 + 1) * 9 + c * 9 + p * 3 + 1], conv_W[(ob * 2 + 1) * 9 + c * 9 + p * 3 + 2] },
+                    };
                     const float *restrict row = conv_conv_padded_input + n * 64 + c * 64 + p * 8;
                     #pragma omp simd
-                    for (long yx = (p < 1 ? (1 - p) * 8 : 0); yx < ((7 - p) * 8 < 46 ? (7 - p) * 8 : 46); ++yx)
-                        acc[yx] = acc[yx] + w[0] * row[yx] + w[1] * row[yx + 1] + w[2] * row[yx + 2];
+                    for (long yx = (p < 1 ? (1 - p) * 8 : 0); yx < ((7 - p) * 8 < 46 ? (7 - p) * 8 : 46); ++yx) {
+                        acc[0][yx] = acc[0][yx] + w[0][0] * row[yx] + w[0][1] * row[yx + 1] + w[0][2] * row[yx + 2];
+                        acc[1][yx] = acc[1][yx] + w[1][0] * row[yx] + w[1][1] * row[yx + 1] + w[1][2] * row[yx + 2];
+                    }
                 }
             }
-            for (long y = 0; y < 6; ++y) {
-                for (long x_ = 0; x_ < 6; ++x_) {
-                    const float t0 = acc[y * 8 + x_] + conv_b[o];
-                    conv[n * 72 + o * 36 + y * 6 + x_] = ((t0 <= 0) ? (0) : (t0));  /* conv */
+            for (long blk = 0; blk < 2; ++blk) {
+                const long o = ob * 2 + blk;
+                for (long y = 0; y < 6; ++y) {
+                    for (long x_ = 0; x_ < 6; ++x_) {
+                        const float t0 = acc[blk][y * 8 + x_] + conv_b[o];
+                        conv[n * 72 + o * 36 + y * 6 + x_] = ((t0 <= 0) ? (0) : (t0));  /* conv */
+                    }
                 }
             }
         }

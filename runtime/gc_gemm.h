@@ -438,26 +438,18 @@ static inline void gc_gemm_tiles(int trans_a, int trans_b, int M, int N, int K, 
     }
 }
 
-static void gc_gemm(int trans_a, int trans_b, int M, int N, int K, const GC_REAL *A, int lda,
-                    const GC_REAL *B, int ldb, int accumulate, GC_REAL *C, int ldc,
-                    gc_gemm_epilogue epilogue, void *ctx) __attribute__((unused));
-
-static void gc_gemm(int trans_a, int trans_b, int M, int N, int K, const GC_REAL *A, int lda,
-                    const GC_REAL *B, int ldb, int accumulate, GC_REAL *C, int ldc,
-                    gc_gemm_epilogue epilogue, void *ctx)
+static inline void gc_gemm(int trans_a, int trans_b, int M, int N, int K, const GC_REAL *A,
+                           int lda, const GC_REAL *B, int ldb, int accumulate, GC_REAL *C,
+                           int ldc, gc_gemm_epilogue epilogue, void *ctx)
 {
     gc_gemm_tiles(trans_a, trans_b, M, N, K, A, lda, B, ldb, accumulate, C, ldc, epilogue, ctx);
     GC_GEMM_BARRIER
 }
 
-static void gc_gemm_nowait(int trans_a, int trans_b, int M, int N, int K, const GC_REAL *A,
-                           int lda, const GC_REAL *B, int ldb, int accumulate, GC_REAL *C,
-                           int ldc, gc_gemm_epilogue epilogue, void *ctx)
-    __attribute__((unused));
-
-static void gc_gemm_nowait(int trans_a, int trans_b, int M, int N, int K, const GC_REAL *A,
-                           int lda, const GC_REAL *B, int ldb, int accumulate, GC_REAL *C,
-                           int ldc, gc_gemm_epilogue epilogue, void *ctx)
+static inline void gc_gemm_nowait(int trans_a, int trans_b, int M, int N, int K,
+                                  const GC_REAL *A, int lda, const GC_REAL *B, int ldb,
+                                  int accumulate, GC_REAL *C, int ldc, gc_gemm_epilogue epilogue,
+                                  void *ctx)
 {
     gc_gemm_tiles(trans_a, trans_b, M, N, K, A, lda, B, ldb, accumulate, C, ldc, epilogue, ctx);
 }

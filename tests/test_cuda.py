@@ -22,7 +22,7 @@ import pytest
 from helpers import classifier_graph, reductions_graph
 
 import graphc as gc
-from graphc.build import build_cuda, cuda_device_error, find_cxx
+from graphc.build import build_cuda, cuda_device_error, find_cxx, find_nvcc
 from graphc.codegen import cuda
 from graphc.codegen.c import RUNTIME_DIR, environment, template_variables
 from graphc.compiler import plan_model
@@ -241,9 +241,8 @@ def test_recurrent_cells_never_read_through_the_read_only_cache(tmp_path):
         (tmp_path / f"{plan.name}.h").write_text(header)
         (tmp_path / f"{plan.name}.cu").write_text(source)
         ptx = tmp_path / f"{plan.name}.ptx"
-        nvcc = os.environ.get("NVCC") or shutil.which("nvcc")
         subprocess.run(
-            [nvcc, "-O3", "-std=c++17", "-arch=sm_90", "-ptx", "-I", RUNTIME_DIR, "-I",
+            [find_nvcc(), "-O3", "-std=c++17", "-arch=sm_90", "-ptx", "-I", RUNTIME_DIR, "-I",
              str(tmp_path), "-o", str(ptx), str(tmp_path / f"{plan.name}.cu")],
             check=True, capture_output=True,
         )  # fmt: skip

@@ -26,15 +26,14 @@ def _has_cxx() -> bool:
 
 
 needs_cxx = pytest.mark.skipif(not _has_cxx(), reason="the CUDA emulation needs a C++ compiler")
+NO_GPU = cuda_device_error()
 TARGETS = [
     pytest.param("cuda-emu", marks=needs_cxx),
     pytest.param(
         "cuda",
         marks=[
             pytest.mark.cuda,
-            pytest.mark.skipif(
-                cuda_device_error() is not None, reason=f"needs a CUDA GPU: {cuda_device_error()}"
-            ),
+            pytest.mark.skipif(NO_GPU is not None, reason=f"needs a CUDA GPU: {NO_GPU}"),
         ],
     ),
 ]

@@ -422,10 +422,11 @@ def barrier_free(plan) -> frozenset[str]:
                 extent[owner(t)] = max(extent.get(owner(t), 0), size)
 
     def ranges(program, tensors) -> list[tuple[str, int, int]]:
+        inputs = {i.name for i in program.inputs}
         out = []
         for t in tensors:
             name = owner(t)
-            if name in {i.name for i in program.inputs}:
+            if name in inputs:
                 out.append((name, 0, extent[name]))  # the caller's array, not the arena
             else:
                 start = plan.memory.offset(program.name, name)

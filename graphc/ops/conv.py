@@ -608,8 +608,8 @@ class ConvKernel(Kernel):
                 leading += [v[t] for t in tap_vars[:-1]]
             columns = [k - 1 - j if self.transposed else j for j in range(k)]
 
-            def row_weights(channel: str) -> list[str]:
-                at = [channel if name == o else name for name in leading]
+            def row_weights(out_channel: str) -> list[str]:
+                at = [out_channel if name == o else name for name in leading]
                 base = offset_text(at, (*axes, *win.kernel))
                 return [
                     f"{owner(self.weights)}[{plus(base, str(j) if j else None)}]" for j in columns
@@ -617,7 +617,10 @@ class ConvKernel(Kernel):
 
             row_taps = {
                 "weights": row_weights(o),
-                "blocks": [row_weights(f"({v['ob']} * {block} + {b})") for b in range(block)],
+                # the weights of each output channel of a block (block > 1)
+                "blocks": [row_weights(f"({v['ob']} * {block} + {b})") for b in range(block)]
+                if block > 1
+                else [],
                 "terms": [(j, plus(walk["step"], str(j) if j else None)) for j in range(k)],
                 "row": plus(
                     owner(source),

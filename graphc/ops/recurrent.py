@@ -583,9 +583,11 @@ def _cell_context(
     """Struct fields, cell-function locals and the printed loads/temps/stores of a cell.
 
     ``gemm_output`` is the tensor the step's GEMM writes before the cell (its epilogue) reads
-    it back: that one local is neither const nor restrict, since another pointer (the GEMM's
-    C) has just written it; on a GPU a const restrict load may come from the read-only cache,
-    which does not see the GEMM's stores of the same launch."""
+    it back: that local is neither const nor restrict, since another pointer (the GEMM's C)
+    has just written it.  The CUDA cells declare no restrict pointers at all: with restrict
+    pointers in scope nvcc proved C's array read-only and read it back through the
+    non-coherent cache (ld.global.nc), which returned values from before the GEMM's stores on
+    a GPU (never in the emulation); tests/test_cuda.py checks the PTX for it."""
     from graphc.codegen.c import c_type, owner
     from graphc.codegen.printer import CPrinter, cse_block, exp_form
 
@@ -622,6 +624,7 @@ def _cell_context(
     stores = [(text(ref), value, label) for (ref, _, label), value in zip(cell.stores, results)]
     refs = [r for _, rs in cell.loads for r in rs] + [ref for ref, _, _ in cell.stores]
     written = {owner(ref.tensor) for ref, _, _ in cell.stores}
+    restrict = "" if contexts.target.name == "cuda" else "restrict "
     shared = owner(gemm_output) if gemm_output is not None else None
     if shared is not None:
         written.add(shared)
@@ -641,13 +644,13 @@ def _cell_context(
         cell_scalars.append(("int", "gc_live", "live"))
     pointers = []
     for state in sorted({r.state for r in refs if r.kind == "prev"}):
-        pointers.append((f"const {real} *", f"gc_prev_{state}", f"{state}_prev"))
+        pointers.append((f"const {real} *{restrict}", f"gc_prev_{state}", f"{state}_prev"))
         cell_scalars.append(("int", f"gc_{state}_ld", f"{state}_ld"))
     fields = sorted(arrays.items())
     return {
         "fields": [(ctype, name) for name, ctype in fields],
         "locals": [
-            (ctype if name == shared else f"{ctype}restrict ", name) for name, ctype in fields
+            (ctype if name == shared else f"{ctype}{restrict}", name) for name, ctype in fields
         ],
         "step_fields": step_fields,
         "init": ", ".join(f".{name} = {name}" for name, _ in fields),

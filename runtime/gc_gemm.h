@@ -77,8 +77,13 @@
 #endif
 
 /* Micro-tile: MR rows x NR = 2 vectors of columns (6x16 floats / 6x8 doubles with
-   AVX): 12 accumulators, 2 B vectors and 1 broadcast fit 16 vector registers. */
+   AVX): 12 accumulators, 2 B vectors and 1 broadcast fit 16 vector registers.  With
+   AVX-512 there are 32 (for 256-bit vectors too): 8 rows, 16 accumulators. */
+#if !defined(GC_GEMM_MR) && defined(__AVX512F__) && defined(__AVX512VL__)
+#define GC_GEMM_MR 8
+#elif !defined(GC_GEMM_MR)
 #define GC_GEMM_MR 6
+#endif
 #define GC_GEMM_NR (2 * GC_GEMM_VLEN)
 
 /* Cache blocking, in elements.  A kc x NR micro-panel of B (16 KiB) stays in L1
@@ -274,7 +279,13 @@ static inline void gc_gemm_pack_at(const GC_REAL *a, int lda, int mc, int kc,
     }
 }
 
+#if GC_GEMM_MR == 8
+#define GC_GEMM_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#elif GC_GEMM_MR == 6
 #define GC_GEMM_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+#else
+#error "gc_gemm.h: GC_GEMM_MR must be 6 or 8"
+#endif
 
 /* One MR x NR micro-tile: acc = sum_k a(:,k) b(k,:) in increasing k, where
    a(r,k) = a[r*rs + k*cs] (in place in A, or a packed micro-panel with rs = 1,

@@ -288,6 +288,33 @@ def test_deep_mlp(activation):
     directional_check(model, (x_, labels), seed=18)
 
 
+def test_bias_gradients_on_both_sides_of_the_column_block():
+    """Bias gradients sum δ's columns in blocks (REDUCE_BLOCK wide): a layer narrower than
+    a block, one a whole number of blocks wide and one with a partial last block."""
+    from graphc.codegen.c import REDUCE_BLOCK
+
+    widths = [N_IN, REDUCE_BLOCK * 2 + 5, REDUCE_BLOCK, 5]
+    g = gc.Graph("bias_blocks")
+    x = g.input("x", N_IN)
+    y = g.input("y", widths[-1])
+    h = x
+    for k, width in enumerate(widths[1:]):
+        h = gc.dense(h, width, activation="tanh", name=f"d{k}", init=("normal", 0.5))
+    g.minimize(gc.mse(h, y))
+    model = _compile(g)
+    rng = np.random.default_rng(5)
+    inputs = (rng.normal(size=(ROWS, N_IN)), rng.normal(size=(ROWS, widths[-1])))
+    directional_check(model, inputs, seed=6)
+    # the last layer's bias gradient is its δ summed over the rows, exactly
+    grads = model.gradients(*inputs)
+    W, b = model.params["d2.W"], model.params["d2.b"]
+    h1 = np.tanh(np.tanh(inputs[0] @ model.params["d0.W"] + model.params["d0.b"])
+                 @ model.params["d1.W"] + model.params["d1.b"])  # fmt: skip
+    out = np.tanh(h1 @ W + b)
+    delta = (out - inputs[1]) / ROWS * (1 - out**2)  # mse: batch mean of ½ Σ (t − o)²
+    np.testing.assert_allclose(grads["d2.b"], delta.sum(axis=0), rtol=1e-10)
+
+
 def test_node_used_twice_accumulates_delta():
     """A skip connection and a product of a node with itself: δ's of both uses are summed."""
     g = gc.Graph("skip")

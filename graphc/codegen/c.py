@@ -44,6 +44,8 @@ def _data_dir(name: str) -> str:
 
 TEMPLATE_DIR = _data_dir("templates")
 RUNTIME_DIR = _data_dir("runtime")
+#: columns a bias-gradient reduction sums per pass over the rows (doubles in vector lanes)
+REDUCE_BLOCK = 16
 
 
 @functools.cache
@@ -77,6 +79,27 @@ class Target:
     #: e^x (and tanh, through it) as the runtime's inline gc_exp, so elementwise loops and
     #: epilogues vectorize; a target whose runtime lacks gc_math.h keeps libm's exp
     inline_exp: bool = False
+
+
+def _column_blocks(var: str, width: int) -> dict[str, Any]:
+    """How a column-sum reduction over ``width`` columns walks them: blocks of
+    REDUCE_BLOCK shared out over the team, the last one partial when ``width`` is ragged,
+    or one block on one thread when ``width`` fits in one."""
+    if width <= REDUCE_BLOCK:
+        return {"var": var, "blocks": False, "block": width, "first": "0", "end": str(width),
+                "lane": var}  # fmt: skip
+    first = f"{var}0"
+    ragged = width % REDUCE_BLOCK != 0
+    return {
+        "var": var,
+        "blocks": True,
+        "extent": width,
+        "block": REDUCE_BLOCK,
+        "ragged": ragged,
+        "first": first,
+        "end": f"{first} + {'width' if ragged else REDUCE_BLOCK}",
+        "lane": f"{var} - {first}",
+    }
 
 
 def dim_text(d: Dim) -> str:
@@ -275,9 +298,18 @@ class KernelContexts:
         scale = self.printer.doprint(k.scale) if k.scale != 1 else None
         uses_n = any(loop.extent.batched for loop in k.keep + k.summed) or k.scale.has(N)
         params, args = signature(k, self.target.real, uses_n)
+        # One kept index, contiguous in src and dst (a bias gradient: Σ over the batch of
+        # each column): sum a block of columns per pass over the rows, in vector lanes,
+        # rather than one column at a time down a strided chain.  Each column still adds
+        # its terms in the same order, so the result is the same to the bit.
+        column = len(k.keep) == 1 and k.src.strides[0] == 1 and k.dst.strides[0] == 1
+        column = column and not k.keep[0].extent.batched
+        width = k.keep[0].extent.coef if column else 0
         return {
             "params": params,
             "args": args,
+            "columns": _column_blocks(k.keep[0].var, width) if column else None,
+            "pad": "    " * max(len(k.keep), 1),
             "keep": [(loop.var, dim_text(loop.extent)) for loop in k.keep],
             "summed": [(loop.var, dim_text(loop.extent)) for loop in k.summed],
             "src": f"{owner(k.src.tensor)}[{index_text(all_vars, k.src.strides)}]",

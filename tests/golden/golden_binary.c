@@ -150,7 +150,6 @@ static void k_grad_out_b(const int n, const float *restrict delta_out, float *re
     }
 }
 
-
 /* d_hidden = delta_out · out.Wᵀ; then delta_hidden = d_hidden*Piecewise((0, hidden <= 0), (1, True)) */
 
 struct k_delta_hidden_tile {
@@ -190,15 +189,16 @@ static void k_grad_out_W(const int n, const float *restrict hidden, const float 
 
 static void k_grad_hidden_b(const int n, const float *restrict delta_hidden, float *restrict grad_hidden_b)
 {
-    #pragma omp for schedule(static)
-    for (long i = 0; i < 6; ++i) {
-        double sum = 0.0;
+    #pragma omp single
+    {
+        double sum[6] = {0.0};
         for (long j = 0; j < n; ++j)
-            sum += delta_hidden[i + j * 6];
-        grad_hidden_b[i] = (float)sum;
+            for (long i = 0; i < 6; ++i)
+                sum[i] += delta_hidden[i + j * 6];
+        for (long i = 0; i < 6; ++i)
+            grad_hidden_b[i] = (float)sum[i];
     }
 }
-
 
 /* grad_hidden.W = xᵀ · delta_hidden */
 

@@ -198,15 +198,16 @@ static void k_delta_out(const int n, const float *restrict softmax, const int32_
 
 static void k_grad_out_b(const int n, const float *restrict delta_out, float *restrict grad_out_b)
 {
-    #pragma omp for schedule(static)
-    for (long i = 0; i < 3; ++i) {
-        double sum = 0.0;
+    #pragma omp single
+    {
+        double sum[3] = {0.0};
         for (long j = 0; j < n; ++j)
-            sum += delta_out[i + j * 3];
-        grad_out_b[i] = (float)sum;
+            for (long i = 0; i < 3; ++i)
+                sum[i] += delta_out[i + j * 3];
+        for (long i = 0; i < 3; ++i)
+            grad_out_b[i] = (float)sum[i];
     }
 }
-
 
 /* d_reshape = delta_out · out.Wᵀ */
 
@@ -271,7 +272,6 @@ static void k_d_conv_b_view(const int n, const float *restrict delta_conv, float
         d_conv_b_view[i] = (float)sum;
     }
 }
-
 
 /* grad_conv.W[o][c][p][q] = sum_n sum_y sum_x delta_conv[n][o][y][x] * x[n][c][y + p - 1][x + q - 1]  (3x3 window, stride 1, zero padding 1) */
 

@@ -152,15 +152,16 @@ static void k_delta_out(const int n, const float *restrict softmax, const int32_
 
 static void k_grad_out_b(const int n, const float *restrict delta_out, float *restrict grad_out_b)
 {
-    #pragma omp for schedule(static)
-    for (long i = 0; i < 3; ++i) {
-        double sum = 0.0;
+    #pragma omp single
+    {
+        double sum[3] = {0.0};
         for (long j = 0; j < n; ++j)
-            sum += delta_out[i + j * 3];
-        grad_out_b[i] = (float)sum;
+            for (long i = 0; i < 3; ++i)
+                sum[i] += delta_out[i + j * 3];
+        for (long i = 0; i < 3; ++i)
+            grad_out_b[i] = (float)sum[i];
     }
 }
-
 
 /* d_hidden = delta_out · out.Wᵀ; then delta_hidden = d_hidden*(1 - hidden**2) */
 
@@ -201,15 +202,16 @@ static void k_grad_out_W(const int n, const float *restrict hidden, const float 
 
 static void k_grad_hidden_b(const int n, const float *restrict delta_hidden, float *restrict grad_hidden_b)
 {
-    #pragma omp for schedule(static)
-    for (long i = 0; i < 7; ++i) {
-        double sum = 0.0;
+    #pragma omp single
+    {
+        double sum[7] = {0.0};
         for (long j = 0; j < n; ++j)
-            sum += delta_hidden[i + j * 7];
-        grad_hidden_b[i] = (float)sum;
+            for (long i = 0; i < 7; ++i)
+                sum[i] += delta_hidden[i + j * 7];
+        for (long i = 0; i < 7; ++i)
+            grad_hidden_b[i] = (float)sum[i];
     }
 }
-
 
 /* grad_hidden.W = xᵀ · delta_hidden */
 

@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ except ImportError:  # a source checkout without install: use the repository nex
     sys.path.insert(0, str(ROOT))
     import graphc as gc
 
-__all__ = ["gc", "ROOT", "median_rates", "fma_peak", "load", "machine", "optional"]
+__all__ = ["gc", "ROOT", "median_rates", "settle", "fma_peak", "load", "machine", "optional"]
 
 
 def median_rates(
@@ -42,8 +43,9 @@ def median_rates(
     """Median rate (``units`` per second of one call) of each trainer, after ``warmup``
     untimed calls each; within each of the ``repeats`` rounds the trainers take turns.
 
-    ``pause`` seconds of sleep before each timing let the thread pools of the previous
-    contender (OpenMP, OpenBLAS and XLA threads spin a while after their work) go idle.
+    Before each timing, at least ``pause`` seconds of sleep and then ``settle()``: the
+    thread pools of the previous contender spin a while after their work (OpenBLAS's for
+    about 0.1 s), and a team of two started while one of them spins gets one core.
     """
     for train in trainers.values():
         for _ in range(warmup):
@@ -52,10 +54,47 @@ def median_rates(
     for _ in range(repeats):
         for name, train in trainers.items():
             time.sleep(pause)
+            settle()
             start = time.perf_counter()
             train()
             times[name].append(time.perf_counter() - start)
     return {name: units / statistics.median(values) for name, values in times.items()}
+
+
+def _other_threads_cpu_ns() -> int:
+    """CPU time (ns) used so far by this process's threads other than the calling one."""
+    me = threading.get_native_id()
+    total = 0
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):  # the thread ended meanwhile
+            pass
+    return total
+
+
+def settle(window: float = 0.01, limit: float = 2.0) -> float:
+    """Wait until no other thread of this process runs (under 10% of a core over
+    ``window`` seconds), at most ``limit`` seconds; returns the seconds waited.
+
+    Peers' thread pools busy-wait for work after a call returns; timing the next
+    contender then measures their spinning.  Where /proc has no per-thread schedstat
+    (not Linux), this returns at once.
+    """
+    if not os.path.exists(f"/proc/self/task/{threading.get_native_id()}/schedstat"):
+        return 0.0
+    start = time.perf_counter()
+    before = _other_threads_cpu_ns()
+    while time.perf_counter() - start < limit:
+        time.sleep(window)
+        after = _other_threads_cpu_ns()
+        if after - before < 0.1 * window * 1e9:
+            break
+        before = after
+    return time.perf_counter() - start
 
 
 PEAK_C = r"""

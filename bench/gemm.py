@@ -3,7 +3,8 @@
 Builds a small timing library around the header (gcc -O3 -march=native -fopenmp),
 runs gc_gemm repeatedly inside one `omp parallel` region of 2 threads (the way
 generated training steps call it), and prints GFLOP/s beside np.matmul on the same
-shapes.  Each figure is the best of several short runs; other processes on the two
+shapes.  Each figure is the best of several short runs, each started once the other
+side's threads have stopped spinning (bench/common.settle); other processes on the two
 cores skew both columns, so the load average is printed before and after.
 Usage: python bench/gemm.py [--threads N] [--seconds S] [--repeat R]
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import cffi
 import numpy as np
+from common import settle
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,6 +93,7 @@ def best_times(runners, seconds: float, repeat: int) -> list[float]:
     best = [float("inf")] * len(runners)
     for _ in range(repeat):
         for index, run in enumerate(runners):
+            settle()  # OpenBLAS's threads spin ~0.1 s after a product and take a core
             best[index] = min(best[index], run(reps[index]) / reps[index])
     return best
 

@@ -8,6 +8,13 @@ peak resident set (VmHWM from /proc/self/status):
   compile   + building and compiling W1 (the model's arena is allocated and zeroed here)
   train     + 2 epochs of ``fit`` (2 threads)
 
+and two stages without graphc, which show how much of the rest is the compiler's:
+
+  cffi      the baseline + ``import cffi``
+  library   + the compiled W1 library (built beforehand) loaded with cffi and trained for
+            2 epochs through its C API (``bench_mlp_train_epoch``), as a program that ships
+            only the library would
+
 The budget the issue sets is 1.2 x (parameters + optimizer state + one batch of activations
 and δ's) above the baseline; the table prints that figure and the model's arena beside.
 
@@ -22,6 +29,7 @@ import sys
 from common import ROOT
 
 STAGES = ("numpy", "import", "compile", "train")
+LIBRARY_STAGES = ("cffi", "library")
 
 SCRIPT = """
 import sys
@@ -34,16 +42,52 @@ stage = {stage}
 if stage >= 1:
     import graphc as gc
 if stage >= 2:
-    g = gc.Graph("bench_mlp")
-    h = x = g.input("x", (784,))
-    t = g.input("y", (), dtype="int32")
-    for k, units in enumerate((512, 256)):
-        h = gc.dense(h, units, activation="relu", name=f"hidden{{k + 1}}")
-    g.minimize(gc.softmax_cross_entropy(gc.dense(h, 10, name="out"), t))
-    m = gc.compile(g, batch_size=128, optimizer=gc.SGD(lr=0.01), num_threads=2)
+    sys.path.insert(0, {bench!r})
+    from memory import compile_w1
+    m = compile_w1()
     print("arena", m.plan.memory.arena_bytes)
 if stage >= 3:
     m.fit(X, y, epochs=2, verbose=0)
+for line in open("/proc/self/status"):
+    if line.startswith("VmHWM"):
+        print("hwm", int(line.split()[1]) * 1024)
+"""
+
+
+LIBRARY_SCRIPT = """
+import numpy as np
+rng = np.random.default_rng(0)
+X = rng.standard_normal((8192, 784), dtype=np.float32)
+y = rng.integers(0, 10, 8192).astype(np.int32)
+import cffi
+if {load}:
+    ffi = cffi.FFI()
+    ffi.cdef('''
+        typedef struct bench_mlp_model bench_mlp_model;
+        bench_mlp_model *bench_mlp_create(void);
+        float *bench_mlp_tensor(bench_mlp_model *m, int index);
+        void bench_mlp_set_threads(bench_mlp_model *m, int threads);
+        void bench_mlp_set_lr(bench_mlp_model *m, double lr);
+        double bench_mlp_train_epoch(bench_mlp_model *m, const float *x, const int32_t *y,
+            int64_t count, int64_t *perm, uint64_t seed, int shuffle, double *hits);
+    ''')
+    lib = ffi.dlopen({path!r}, ffi.RTLD_NOW | ffi.RTLD_NODELETE)
+    m = lib.bench_mlp_create()
+    for index, (rows, cols) in enumerate([(784, 512), (512, 256), (256, 10)]):
+        w = np.frombuffer(ffi.buffer(lib.bench_mlp_tensor(m, 2 * index), 4 * rows * cols),
+                          dtype=np.float32)
+        rng.random(dtype=np.float32, out=w)  # in place: no temporaries to count
+        w -= 0.5
+        w *= 2 * np.sqrt(6.0 / (rows + cols))
+    lib.bench_mlp_set_threads(m, 2)
+    lib.bench_mlp_set_lr(m, 0.01)
+    perm = np.empty(8192, dtype=np.int64)
+    hits = ffi.new("double *")
+    for epoch in range(2):
+        loss = lib.bench_mlp_train_epoch(m, ffi.from_buffer("float[]", X),
+            ffi.from_buffer("int32_t[]", y), 8192, ffi.from_buffer("int64_t[]", perm),
+            epoch, 1, hits)
+    assert loss == loss
 for line in open("/proc/self/status"):
     if line.startswith("VmHWM"):
         print("hwm", int(line.split()[1]) * 1024)
@@ -64,7 +108,7 @@ def measure() -> dict[str, int]:
     """Peak RSS in bytes of each stage, and the arena's size."""
     result: dict[str, int] = {}
     for index, stage in enumerate(STAGES):
-        script = SCRIPT.format(root=str(ROOT), stage=index)
+        script = SCRIPT.format(root=str(ROOT), bench=str(ROOT / "bench"), stage=index)
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f"memory stage {stage} failed:\n{out.stderr}")
@@ -72,7 +116,27 @@ def measure() -> dict[str, int]:
             key, value = line.split()
             result[stage if key == "hwm" else key] = int(value)
     result["budget"] = w1_budget_bytes()
+    library = compile_w1().library_path
+    for index, stage in enumerate(LIBRARY_STAGES):
+        script = LIBRARY_SCRIPT.format(load=bool(index), path=library)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"memory stage {stage} failed:\n{out.stderr}")
+        result[stage] = int(out.stdout.split()[-1])
     return result
+
+
+def compile_w1():
+    """W1 compiled for 2 threads (from graphc's cache when it holds the library)."""
+    from common import gc
+
+    g = gc.Graph("bench_mlp")
+    h = g.input("x", (784,))
+    t = g.input("y", (), dtype="int32")
+    for k, units in enumerate((512, 256)):
+        h = gc.dense(h, units, activation="relu", name=f"hidden{k + 1}")
+    g.minimize(gc.softmax_cross_entropy(gc.dense(h, 10, name="out"), t))
+    return gc.compile(g, batch_size=128, optimizer=gc.SGD(lr=0.01), num_threads=2)
 
 
 def print_table(m: dict[str, int]) -> None:
@@ -80,7 +144,7 @@ def print_table(m: dict[str, int]) -> None:
     mib = 1024 * 1024
     base = m["numpy"]
     print(f"{'stage':10} {'peak RSS MiB':>13} {'above baseline MiB':>19}")
-    for stage in STAGES:
+    for stage in STAGES + LIBRARY_STAGES:
         print(f"{stage:10} {m[stage] / mib:13.1f} {(m[stage] - base) / mib:19.1f}")
     print(
         f"budget 1.2 x (params + state + activations + δ's) = {m['budget'] / mib:.1f} MiB; "

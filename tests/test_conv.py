@@ -54,7 +54,8 @@ def pool_reference(x, kind, size, stride):
 
 
 # --- the models ---------------------------------------------------------------------------------
-# name: (sample shape, kernel, stride, padding, activation, (pool kind, size, stride))
+# name: (sample shape, kernel, stride, padding, activation, (pool kind, size, stride)[,
+#        (output channels of conv1, of conv2): (3, 2) when left out])
 CASES = {
     "2d_k3_valid_maxpool": ((2, 9, 8), 3, 1, "valid", "tanh", ("max", 2, None)),
     "2d_k2x3_stride2_same_meanpool": ((3, 11, 9), (2, 3), 2, "same", "swish", ("mean", 2, 1)),
@@ -64,12 +65,20 @@ CASES = {
     "1d_k3_valid_maxpool": ((3, 13), 3, 1, "valid", "tanh", ("max", 2, None)),
     "1d_k4_stride2_same_meanpool": ((2, 15), 4, 2, "same", "swish", ("mean", 2, 1)),
     "1d_k2_pad2_maxpool3": ((2, 10), 2, 1, 2, "tanh", ("max", 3, 2)),  # pad > k - 1
+    # 16 or more output channels: the filter gradient sweeps them in vector lanes, two
+    # blocks with the last one partial (20, 17) or whole blocks (16).  Mean pooling after
+    # 20 channels: some max-pool window there holds two values closer than the central
+    # difference's step, and the difference straddles the kink.
+    "2d_k3_valid_20_16ch": ((2, 10, 9), 3, 1, "valid", "tanh", ("mean", 2, None), (20, 16)),
+    "2d_k2x3_stride2_pad1_16_17ch": ((2, 9, 8), (2, 3), 2, 1, None, ("mean", 2, 1), (16, 17)),
+    "1d_k3_stride2_same_17_16ch": ((2, 12), 3, 2, "same", "tanh", ("max", 2, None), (17, 16)),
 }
 
 
 def build(name: str) -> gc.Graph:
     """x -> conv1 (activation) -> pool -> conv2 -> flatten -> dense(3) -> mse."""
-    shape, kernel, stride, padding, activation, (kind, size, pool_stride) = CASES[name]
+    shape, kernel, stride, padding, activation, (kind, size, pool_stride) = CASES[name][:6]
+    channels = CASES[name][6] if len(CASES[name]) > 6 else (3, 2)
     rank = len(shape) - 1
     conv = gc.conv2d if rank == 2 else gc.conv1d
     pool = {("max", 2): gc.max_pool2d, ("mean", 2): gc.mean_pool2d}
@@ -77,9 +86,10 @@ def build(name: str) -> gc.Graph:
     g = gc.Graph(f"conv_{name}")
     x = g.input("x", shape)
     y = g.input("y", (3,))
-    h1 = conv(x, 3, kernel, stride=stride, padding=padding, activation=activation, name="conv1")
+    h1 = conv(x, channels[0], kernel, stride=stride, padding=padding, activation=activation,
+              name="conv1")  # fmt: skip
     pooled = pool[(kind, rank)](h1, size, pool_stride, name="pooled")
-    h2 = conv(pooled, 2, kernel, stride=stride, padding=padding, name="conv2")
+    h2 = conv(pooled, channels[1], kernel, stride=stride, padding=padding, name="conv2")
     out = gc.dense(gc.flatten(h2), 3, activation="tanh", name="out")
     for node in (h1, pooled, h2):
         g.output(node.name, node)
@@ -109,7 +119,7 @@ def _window(model, layer: str):
 
 def test_forward_matches_numpy(case):
     name, model, (x, _) = case
-    _, _, _, _, activation, (kind, size, pool_stride) = CASES[name]
+    _, _, _, _, activation, (kind, size, pool_stride) = CASES[name][:6]
     params = model.params
     outputs = model.predict(x[:3])  # fewer rows than the batch
     w1 = _window(model, "conv1")

@@ -169,7 +169,9 @@ class KernelContexts:
         ctx = own(self) if own is not None else getattr(self, f"_{kernel.template}")(kernel)
         ctx["name"] = kernel.name
         ctx["comment"] = kernel.comment.replace("*/", "* /")
-        ctx["template"] = f"{self.target.template_dir}/{kernel.template}.{self.target.extension}.j2"
+        # a kernel may render through a variant of its template (``<template>_<variant>``)
+        template = kernel.template + (f"_{ctx['variant']}" if ctx.get("variant") else "")
+        ctx["template"] = f"{self.target.template_dir}/{template}.{self.target.extension}.j2"
         ctx["parallel_for"] = self.target.parallel_for
         ctx["nowait"] = kernel.name in self.nowait and bool(self.target.parallel_for)
         if ctx["nowait"]:

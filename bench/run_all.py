@@ -12,7 +12,9 @@ step; lax.scan for W4), PyTensor and NumPy with hand-written backprop (W1).  Eve
 float32 on ``--threads`` threads (default 2) in this one process; within each timing round
 graphc and the peers take turns, and the median of the rounds is printed, with the load
 average before and after (on a shared machine, a load well above the benchmark's own
-threads means the figures measure the neighbours).
+threads means the figures measure the neighbours) and, after each workload, the FMA rate a
+team of threads gets at that moment (near the peak when each thread has a core of its
+own; about half of it when a virtual machine's host has put two vCPUs on one core).
 
 Usage (repository root): python bench/run_all.py [--quick] [--threads N] [--repeats R]
                          [--skip compile,memory,...]
@@ -43,6 +45,13 @@ def row(label: str, rates: dict[str, float], flops: float, peak: float | None, u
     for name, rate in rates.items():
         if name != "graphc":
             print(f"{'':34} {name:14} {rate:12,.0f} {unit:9} graphc/{name} = {g / rate:5.2f}")
+
+
+def cores(threads: int, peak: float | None) -> None:
+    """Print the FMA rate of a team of ``threads`` now, against the peak."""
+    rate = common.team_fma(threads)
+    if rate and peak:
+        print(f"{'':34} (team FMA rate now {rate:.0f} GFLOP/s, {100 * rate / peak:.0f}% of peak)")
 
 
 def mlp_rates(w: mlp.Workload, threads: int, repeats: int) -> dict[str, float]:
@@ -94,23 +103,28 @@ def main() -> None:
     if peak:
         print(f"measured float32 FMA peak on {args.threads} threads: {peak:.0f} GFLOP/s")
     print(f"{args.threads} threads, median of {repeats} rounds; load average {common.load():.2f}")
+    cores(args.threads, peak)
     print()
     workloads = mlp.workloads(args.quick)
     if "W1" not in skip:
         w = workloads[0]
         row(w.label, mlp_rates(w, args.threads, repeats), w.needed_flops_per_sample, peak, "sa/s")
+        cores(args.threads, peak)
     if "W2" not in skip:
         w = workloads[1]
         row(w.label, mlp_rates(w, args.threads, repeats), w.needed_flops_per_sample, peak, "sa/s")
+        cores(args.threads, peak)
     if "W3" not in skip:
         rates = cnn.measure(args.quick, args.threads, repeats)
         row("W3 LeNet-5 SGD momentum b64", rates, cnn.TRAIN_FLOPS, peak, "sa/s")
+        cores(args.threads, peak)
     if "W4" not in skip:
         sequences = 256 if args.quick else 1024
         for kind in ("rnn", "lstm"):
             rates = rnn_rates(kind, sequences, args.threads, repeats)
             label = f"W4 {kind.upper()} 65->128 T32 Adam b32"
             row(label, rates, rnn_flops_per_token(kind), peak, "tokens/s")
+            cores(args.threads, peak)
     print(f"load average after the throughput runs: {common.load():.2f}")
     if "compile" not in skip:
         print()

@@ -151,7 +151,14 @@ def _fma_function():
             return None
         ffi = cffi.FFI()
         ffi.cdef("double fma_peak(long reps, int threads);")
-        return ffi.dlopen(str(lib)).fma_peak
+        # the function pointer does not keep its library loaded: the closure does (a
+        # library unloaded under its OpenMP threads takes the process down)
+        library = ffi.dlopen(str(lib), ffi.RTLD_NOW | ffi.RTLD_NODELETE)
+
+        def fma_peak(reps: int, threads: int) -> float:
+            return library.fma_peak(reps, threads)
+
+        return fma_peak
 
 
 def fma_peak(threads: int) -> float | None:

@@ -189,6 +189,7 @@ def team_fma(threads: int) -> float | None:
     peak = _fma_function()
     if peak is None:
         return None
+    settle()  # the last contender's threads may still spin
     peak(2_000_000, threads)  # wake the team
     return statistics.median(peak(2_000_000, threads) for _ in range(5)) / 1e9
 

@@ -13,7 +13,8 @@
  *     any region, or without OpenMP at all).
  *   - For each tile, K is walked in blocks of kc <= GC_GEMM_KC.  The kc x nc panel
  *     of op(B) is packed into micro-panels of GC_GEMM_NR columns (a transpose when
- *     trans_b), and a GC_GEMM_MR x GC_GEMM_NR register-blocked FMA micro-kernel
+ *     trans_b; a row-major panel of at most GC_GEMM_IN_PLACE_BYTES is read in place
+ *     instead), and a GC_GEMM_MR x GC_GEMM_NR register-blocked FMA micro-kernel
  *     accumulates each micro-tile, broadcasting op(A) values.  Row-major A is read
  *     in place (no transposing pack); A^T is packed when the tile is wide enough
  *     to repay it, else read in place too.
@@ -90,6 +91,11 @@
    while the micro-kernel sweeps the MC rows of A (L2); the kc x NC panel of B
    (512 KiB) sits in L2. */
 #define GC_GEMM_KC 256
+/* A row-major B panel up to this size is read in place rather than packed: packing
+   costs a copy per call that small products (batch 32, layers of 64-128) cannot repay. */
+#ifndef GC_GEMM_IN_PLACE_BYTES
+#define GC_GEMM_IN_PLACE_BYTES 32768
+#endif
 #if GC_GEMM_DOUBLE
 #define GC_GEMM_MC 72
 #define GC_GEMM_NC 256
@@ -289,11 +295,13 @@ static inline void gc_gemm_pack_at(const GC_REAL *a, int lda, int mc, int kc,
 
 /* One MR x NR micro-tile: acc = sum_k a(:,k) b(k,:) in increasing k, where
    a(r,k) = a[r*rs + k*cs] (in place in A, or a packed micro-panel with rs = 1,
-   cs = MR) and b is a packed micro-panel (NR per k).  Then C = acc, or C += acc when add.  Only the top-left mr x nr part
-   is written; rows past mr re-read row mr-1 (valid memory) and are discarded. */
+   cs = MR) and b(k,:) = b[k*bs .. k*bs + NR) (a packed micro-panel, bs = NR, or full
+   NR columns of row-major B read in place, bs = ldb).  Then C = acc, or C += acc when
+   add.  Only the top-left mr x nr part is written; rows past mr re-read row mr-1
+   (valid memory) and are discarded. */
 static inline void gc_gemm_micro(int kc, const GC_REAL *a, ptrdiff_t rs, ptrdiff_t cs,
-                                 const GC_REAL *restrict b, GC_REAL *restrict c, int ldc,
-                                 int mr, int nr, int add)
+                                 const GC_REAL *restrict b, ptrdiff_t bs, GC_REAL *restrict c,
+                                 int ldc, int mr, int nr, int add)
 {
 #define GC_GEMM_INIT(r)                        \
     gc_gemm_vec c##r##0 = {0}, c##r##1 = {0};  \
@@ -302,8 +310,8 @@ static inline void gc_gemm_micro(int kc, const GC_REAL *a, ptrdiff_t rs, ptrdiff
 #undef GC_GEMM_INIT
     const ptrdiff_t kend = (ptrdiff_t)kc * cs;
     for (ptrdiff_t k = 0; k < kend; k += cs) {
-        const gc_gemm_vec b0 = ((const gc_gemm_vec *)b)[0];
-        const gc_gemm_vec b1 = ((const gc_gemm_vec *)b)[1];
+        const gc_gemm_vec b0 = ((const gc_gemm_uvec *)b)[0];
+        const gc_gemm_vec b1 = ((const gc_gemm_uvec *)b)[1];
 #define GC_GEMM_STEP(r)                                 \
     {                                                   \
         const gc_gemm_vec ar = GC_GEMM_SPLAT(a##r[k]);  \
@@ -312,7 +320,7 @@ static inline void gc_gemm_micro(int kc, const GC_REAL *a, ptrdiff_t rs, ptrdiff
     }
         GC_GEMM_ROWS(GC_GEMM_STEP)
 #undef GC_GEMM_STEP
-        b += GC_GEMM_NR;
+        b += bs;
     }
     if (mr == GC_GEMM_MR && nr == GC_GEMM_NR) {
 #define GC_GEMM_STORE(r)                                             \
@@ -351,17 +359,22 @@ static inline void gc_gemm_micro(int kc, const GC_REAL *a, ptrdiff_t rs, ptrdiff
 
 /* All micro-tiles of one mc x nc tile for one K block: a points at op(A)[i0][p0]
    with strides rs between rows and cs between k inside a micro-panel and ps * MR
-   between micro-panels (ps = rs in place, kc packed); bp is the packed B panel. */
+   between micro-panels (ps = rs in place, kc packed); bp is the packed B panel.  With
+   b_in (op(B)[p0][j0] of a row-major B, ldb apart), whole micro-panels are read from
+   there and only a ragged last one from bp. */
 static inline void gc_gemm_macro(int mc, int nc, int kc, const GC_REAL *a, ptrdiff_t rs,
-                                 ptrdiff_t cs, ptrdiff_t ps, const GC_REAL *bp, GC_REAL *c,
-                                 int ldc, int add)
+                                 ptrdiff_t cs, ptrdiff_t ps, const GC_REAL *bp,
+                                 const GC_REAL *b_in, int ldb, GC_REAL *c, int ldc, int add)
 {
     for (int jr = 0; jr < nc; jr += GC_GEMM_NR) {
         const int nr = gc_gemm_min(GC_GEMM_NR, nc - jr);
+        const int in_place = b_in != NULL && nr == GC_GEMM_NR;
+        const GC_REAL *b = in_place ? b_in + jr : bp + (size_t)jr * kc;
+        const ptrdiff_t bs = in_place ? ldb : GC_GEMM_NR;
         for (int ir = 0; ir < mc; ir += GC_GEMM_MR) {
             const int mr = gc_gemm_min(GC_GEMM_MR, mc - ir);
-            gc_gemm_micro(kc, a + ir * ps, rs, cs, bp + (size_t)jr * kc,
-                          c + (size_t)ir * ldc + jr, ldc, mr, nr, add);
+            gc_gemm_micro(kc, a + ir * ps, rs, cs, b, bs, c + (size_t)ir * ldc + jr, ldc, mr,
+                          nr, add);
         }
     }
 }
@@ -432,16 +445,27 @@ static inline void gc_gemm_tiles(int trans_a, int trans_b, int M, int N, int K, 
         for (int kb = 0; kb < kblocks; kb++) {
             const int p0 = (int)((long long)kb * K / kblocks);
             const int kc = (int)((long long)(kb + 1) * K / kblocks) - p0;
-            gc_gemm_pack_b(trans_b, B, ldb, p0, kc, j0, nc, gc_gemm_bpack);
+            /* A small row-major B panel is read where it is (it stays in cache anyway);
+               only its ragged last micro-panel, if any, is packed with zero padding. */
+            const GC_REAL *b_in = NULL;
+            if (!trans_b && (size_t)kc * nc * sizeof(GC_REAL) <= GC_GEMM_IN_PLACE_BYTES) {
+                b_in = B + (size_t)p0 * ldb + j0;
+                const int whole = nc / GC_GEMM_NR * GC_GEMM_NR;
+                if (whole < nc)
+                    gc_gemm_pack_b(0, B, ldb, p0, kc, j0 + whole, nc - whole,
+                                   gc_gemm_bpack + (size_t)whole * kc);
+            } else {
+                gc_gemm_pack_b(trans_b, B, ldb, p0, kc, j0, nc, gc_gemm_bpack);
+            }
             const GC_REAL *a = A + i0 * rs + p0 * cs;
             const int add = accumulate || kb > 0;
             if (trans_a && nc >= 4 * GC_GEMM_NR) {
                 /* Packing A^T pays off once enough B micro-panels reuse it. */
                 gc_gemm_pack_at(a, lda, mc, kc, gc_gemm_apack);
-                gc_gemm_macro(mc, nc, kc, gc_gemm_apack, 1, GC_GEMM_MR, kc, gc_gemm_bpack, ct,
-                              ldc, add);
+                gc_gemm_macro(mc, nc, kc, gc_gemm_apack, 1, GC_GEMM_MR, kc, gc_gemm_bpack, b_in,
+                              ldb, ct, ldc, add);
             } else {
-                gc_gemm_macro(mc, nc, kc, a, rs, cs, rs, gc_gemm_bpack, ct, ldc, add);
+                gc_gemm_macro(mc, nc, kc, a, rs, cs, rs, gc_gemm_bpack, b_in, ldb, ct, ldc, add);
             }
         }
         if (epilogue)

@@ -40,6 +40,7 @@ SIZES = [
     (37, 70, 11),
     (9, 40, 520),
     (150, 530, 300),
+    (5, 20, 300),  # B read in place (small), over two K blocks, a ragged last micro-panel
 ]
 
 BUILDS = {

@@ -32,10 +32,10 @@ static inline void gc_arena_free(unsigned char *p) { free(p); }
 /* Below this many floating-point operations per call, one thread is faster than a team:
    waking the team and syncing it at the kernels' barriers costs about a microsecond each
    time.  Measured on 2 Zen 4 cores: two threads make a 0.5 MFLOP Adam step 1.5x slower, a
-   1.2 MFLOP one breaks even and a 2.9 MFLOP one gains ~15% -- but only while every region
-   of the process uses the full team: once one-thread regions run in between, two-thread
-   steps of that size turned 2.5x slower than one thread (libgomp then seems to stop
-   spinning at barriers).  8 MFLOP keeps small models out of that.  Entry points pass
+   1.2 MFLOP one breaks even and a 2.9 MFLOP one gains 15-20% -- but only while each
+   thread has a core to itself: on a shared VM the same two-thread step has run 2.5x
+   slower than one thread for minutes at a time (W2: 273k against 679k samples/s, nothing
+   else running).  8 MFLOP keeps small models out of that.  Entry points pass
    `if (work >= GC_TEAM_FLOPS)` to OpenMP. */
 #ifndef GC_TEAM_FLOPS
 #define GC_TEAM_FLOPS 8e6

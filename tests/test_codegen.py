@@ -145,7 +145,10 @@ def test_output_does_not_depend_on_hash_seeds():
     )
     digests = set()
     for seed in ("1", "2"):
-        env = dict(os.environ, PYTHONHASHSEED=seed, PYTHONPATH=ROOT)
+        # the repository first, then whatever the caller's path holds (dependencies may
+        # live there rather than in site-packages)
+        path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+        env = dict(os.environ, PYTHONHASHSEED=seed, PYTHONPATH=path)
         out = subprocess.run(
             [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
         )

@@ -1001,8 +1001,16 @@ class ConvBackwardFilterKernel(Kernel):
         if win.rank == 2:
             row = plus(row, scaled(f"{scaled(v['y'], win.stride[0])} + {v['p']}", win.padded[1]))
             d_row = plus(scaled(v["n"], positions * width), scaled(v["y"], win.out[1] * width))
+        # blocks of LANE_BLOCK channels, the input channels, the window rows: one sum block
+        # each; with a single channel block its loop (and its offset) is left out
+        blocks = width > LANE_BLOCK
+        outer = [(v["ob"], width, f"{v['ob']} += {LANE_BLOCK}")] if blocks else []
+        outer.append((v["c"], win.channels, f"++{v['c']}"))
+        if win.rank == 2:
+            outer.append((v["p"], win.kernel[0], f"++{v['p']}"))
+        channel = f"{v['ob']} + {v['lane']}" if blocks else v["lane"]
         grad = plus(
-            scaled(f"{v['ob']} + {v['lane']}", win.channels * win.taps),
+            scaled(channel, win.channels * win.taps),
             scaled(v["c"], win.taps),
             scaled(v["p"], win.kernel[-1]) if win.rank == 2 else None,
             v["q"],
@@ -1020,22 +1028,22 @@ class ConvBackwardFilterKernel(Kernel):
             "delta": owner(self.delta),
             "lane_buffer": owner(self.lanes),
             "delta_plane": positions * self.out_channels,
-            "collapse": parallel_for(cg, 3 if win.rank == 2 else 2),
-            "channels": win.channels,
-            "window_rows": [(v["p"], win.kernel[0])] if win.rank == 2 else [],
+            "collapse": parallel_for(cg, len(outer)),
+            "outer": outer,
+            "channel": channel,
             "taps": win.kernel[-1],
             "rows": rows,
             "x_extent": win.out[-1],
             "x": v[out_vars[-1]],
             "src_row": plus(owner(source), row),
-            "d_row": plus(owner(self.lanes), d_row),
+            "d_row": plus(owner(self.lanes), d_row, v["ob"] if blocks else None),
             "step": scaled(v["x"], win.stride[-1]),
             "simd": cg.target.simd,
             "zero": cg.printer.doprint(sp.Float(0.0)),
             "grad": f"{owner(self.grad)}[{grad}]",
             "full": self.out_channels % LANE_BLOCK == 0,
             # the sums' block, then the sweep of one (sample, output row)
-            "indent": indents(3 + len(win.kernel) - 1, 1 + len(rows)),
+            "indent": indents(1 + len(outer), 1 + len(rows)),
         }
 
     def cuda_context(self, cg: Any) -> dict[str, Any]:

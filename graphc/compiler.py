@@ -123,8 +123,14 @@ def plan_model(
     dtype: str = "float32",
     optimizer: Optimizer | None = None,
     frozen: set[str] | None = None,
+    lanes: bool = False,
 ) -> tuple[ModelPlan, Backward | None]:
-    """Stages 1-6: from a Graph to a backend-neutral ModelPlan."""
+    """Stages 1-6: from a Graph to a ModelPlan.
+
+    ``lanes``: lay wide convolutions out for a vectorizing CPU target (the C backend):
+    16 or more output channels are summed in vector lanes, which needs channels-last
+    copies of the weights and of δ.  CUDA and the embedded export keep the plain layout.
+    """
     if not isinstance(graph, Graph):
         raise GraphError(f"compile expects a gc.Graph, got {type(graph).__name__}")
     if dtype not in DTYPES:
@@ -160,7 +166,7 @@ def plan_model(
     output_nodes = list(graph.outputs.values())
     if output_nodes:
         need = ancestors(output_nodes)
-        lowering = Lowering(_ordered(graph.nodes, need), set(output_nodes), table)
+        lowering = Lowering(_ordered(graph.nodes, need), set(output_nodes), table, lanes=lanes)
         inputs = tuple(table(x) for x in graph.inputs if x in need)
         programs.append(
             Program(
@@ -174,7 +180,7 @@ def plan_model(
     if graph.loss is not None:
         need = ancestors([graph.loss])
         inputs = tuple(table(x) for x in graph.inputs if x in need)
-        lowering = Lowering(_ordered(graph.nodes, need), {graph.loss}, table)
+        lowering = Lowering(_ordered(graph.nodes, need), {graph.loss}, table, lanes=lanes)
         programs.append(
             Program(
                 "eval",
@@ -201,7 +207,7 @@ def plan_model(
         grads = list(backward.grads.values())
         need = ancestors([graph.loss] + grads)
         schedule = _ordered(graph.nodes, need) + _ordered(backward.nodes, need)
-        lowering = Lowering(schedule, set(grads) | {graph.loss}, table, training=True)
+        lowering = Lowering(schedule, set(grads) | {graph.loss}, table, training=True, lanes=lanes)
         kernels: list[Kernel] = list(lowering.kernels())
         inputs = tuple(table(x) for x in graph.inputs if x in need)
         grad_names = frozenset(table(g).name for g in grads)
@@ -305,7 +311,7 @@ def compile(  # noqa: A001 - the public name the DSL promises
 
         optimizer = SGD(lr=0.01)
     frozen = set([frozen] if isinstance(frozen, str) else (frozen or ()))
-    plan, backward = plan_model(graph, batch_size, dtype, optimizer, frozen)
+    plan, backward = plan_model(graph, batch_size, dtype, optimizer, frozen, lanes=target == "c")
     if target == "c":
         source, header, cdef = c.render_model(plan)
         library = build_c(plan.name, source, header, cdef, cflags=cflags)

@@ -184,6 +184,17 @@ def _convnet() -> gc.Graph:
     return g
 
 
+def test_wide_convolutions_take_the_lane_layouts_only_where_asked():
+    """The C target sums 16+ channels in vector lanes (channels-last copies of the weights
+    and δ); CUDA and the embedded export plan the plain layout, with no such copies."""
+    for lanes in (False, True):
+        plan, _ = plan_model(_convnet(), 4, "float32", gc.Adam(), lanes=lanes)
+        kernels = [k for p in plan.programs for k in p.kernels if k.template.startswith("conv")]
+        copies = {k.name for k in kernels if getattr(k, "lanes", None) is not None}
+        # conv2 (16 channels): its forward pass and its filter gradient
+        assert copies == ({"k_conv2_conv", "k_grad_conv2_W"} if lanes else set())
+
+
 def test_every_kernel_template_is_checked_against_a_context():
     """All kernel templates in templates/c, reached from the reference graphs and a convnet."""
     env = environment()
@@ -191,7 +202,8 @@ def test_every_kernel_template_is_checked_against_a_context():
     seen: dict[str, set[str]] = {}
     graphs = [build() for build, _ in REFERENCES.values()] + [_convnet()]
     for graph in graphs:
-        plan, _ = plan_model(graph, 4, "float64", gc.Adam(clip_norm=1.0))
+        # lanes: the C target's layouts of wide convolutions (their template variants)
+        plan, _ = plan_model(graph, 4, "float64", gc.Adam(clip_norm=1.0), lanes=True)
         for program in plan.programs:
             for kernel in program.kernels:
                 ctx = contexts.context(kernel)
@@ -199,6 +211,7 @@ def test_every_kernel_template_is_checked_against_a_context():
                 assert used <= set(ctx), f"{ctx['template']}: missing {sorted(used - set(ctx))}"
                 seen.setdefault(ctx["template"], set()).add(kernel.name)
     core = {f"c/{k}.c.j2" for k in ("elementwise", "gemm", "reduce", "softmax", "loss")}
+    core |= {"c/conv_lanes.c.j2", "c/conv_backward_filter_lanes.c.j2"}
     assert core <= set(seen)
 
 

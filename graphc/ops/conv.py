@@ -525,6 +525,9 @@ LOCALS += ("dv",)
 LOCALS += ("src", "dst", "to", "plane", "window", "best")
 LOCALS += ("ob", "blk")
 
+#: outputs along a row whose lane sums a forward lane sweep keeps in registers at once
+POSITION_BLOCK = 8
+
 #: output channels the filter gradient's lane sweep takes at once (vector lanes of sums);
 #: layers with fewer output channels keep the row sweep, which wins there (LeNet's conv1
 #: with 6: 361 us against 421 us per batch of 64 on one Zen 4 core)
@@ -553,6 +556,9 @@ class ConvKernel(Kernel):
     output: Epilogue  # over (n, o, *out), acc = the correlation
     #: weights read as W[c][o][k - 1 - p][k - 1 - q]: the δ of a stride-1 convolution's input
     transposed: bool = False
+    #: the weights copied with the output channels last, LANE_BLOCK-wide blocks (C's lane
+    #: sweep, for LANE_BLOCK or more output channels)
+    lanes: Tensor | None = None
     template: str = "conv"
 
     def flops(self, rows: int) -> int:
@@ -560,32 +566,20 @@ class ConvKernel(Kernel):
         return 2 * rows * self.out_channels * product(win.out) * win.taps * win.channels
 
     def reads(self) -> list[Tensor]:
-        extra = [self.padded] if self.padded is not None else []
+        extra = [t for t in (self.padded, self.lanes) if t is not None]
         return [self.src, self.weights] + extra + [a.tensor for a in self.output.operands]
 
     def writes(self) -> list[Tensor]:
-        extra = [self.padded] if self.padded is not None else []
+        extra = [t for t in (self.padded, self.lanes) if t is not None]
         return extra + [a.target.tensor for a in self.output.assigns]
 
-    def c_context(self, cg: Any) -> dict[str, Any]:
-        """Template context (called by codegen.c.KernelContexts)."""
-        from graphc.codegen.c import owner
-
+    def _channels(self, v: dict[str, str]) -> tuple[str, str, str, list[tuple[str, int]]]:
+        """This kernel's output and summed channel variables (a transposed one makes c of
+        o), W's index for them and the window's taps, and the summed loops: the channel,
+        then the window."""
         win = self.window
-        out_vars, tap_vars = OUT_VARS[win.rank], TAP_VARS[win.rank]
-        v = local_names(self, LOCALS)
-        params, args = batch_signature(self, cg.target.real, v["batch"])
-        source = self.padded if self.padded is not None else self.src
-        walk = sweep(v, win, self.flat)
-        # this kernel's output and input channels; a transposed one makes c of o
+        tap_vars = TAP_VARS[win.rank]
         o, c = (v["c"], v["o"]) if self.transposed else (v["o"], v["c"])
-        # a row of taps loaded once serves ``block`` output channels (flat sweeps)
-        block = 1
-        if self.flat and win.kernel[-1] <= UNROLL_LIMIT:
-            block = next((b for b in CHANNEL_BLOCKS if self.out_channels % b == 0), 1)
-        channel = (v["ob"], self.out_channels // block) if block > 1 else (o, self.out_channels)
-        outer = [(v["n"], v["batch"]), channel] + walk["rows"]
-        taps = [(c, win.channels)] + [(v[t], k) for t, k in zip(tap_vars, win.kernel)]
         if self.transposed:
             flipped = [f"({k - 1} - {v[t]})" for t, k in zip(tap_vars, win.kernel)]
             weight = offset_text([c, o, *flipped], (win.channels, self.out_channels, *win.kernel))
@@ -593,6 +587,28 @@ class ConvKernel(Kernel):
             weight = offset_text(
                 [o, c, *[v[t] for t in tap_vars]], (self.out_channels, win.channels, *win.kernel)
             )
+        taps = [(c, win.channels)] + [(v[t], k) for t, k in zip(tap_vars, win.kernel)]
+        return o, c, weight, taps
+
+    def c_context(self, cg: Any) -> dict[str, Any]:
+        """Template context (called by codegen.c.KernelContexts)."""
+        from graphc.codegen.c import owner
+
+        if self.lanes is not None:
+            return self._lanes_context(cg)
+        win = self.window
+        out_vars, tap_vars = OUT_VARS[win.rank], TAP_VARS[win.rank]
+        v = local_names(self, LOCALS)
+        params, args = batch_signature(self, cg.target.real, v["batch"])
+        source = self.padded if self.padded is not None else self.src
+        walk = sweep(v, win, self.flat)
+        o, c, weight, taps = self._channels(v)
+        # a row of taps loaded once serves ``block`` output channels (flat sweeps)
+        block = 1
+        if self.flat and win.kernel[-1] <= UNROLL_LIMIT:
+            block = next((b for b in CHANNEL_BLOCKS if self.out_channels % b == 0), 1)
+        channel = (v["ob"], self.out_channels // block) if block > 1 else (o, self.out_channels)
+        outer = [(v["n"], v["batch"]), channel] + walk["rows"]
         # the taps along a row in one pass over the sums: one load and store of each sum
         # per row of taps rather than per tap (the sums are added in the same order)
         row_taps = None
@@ -673,6 +689,84 @@ class ConvKernel(Kernel):
             **output_body(cg, self.output, variables, acc, v["batch"]),
         }
 
+    def _lanes_context(self, cg: Any) -> dict[str, Any]:
+        """The lane sweep: the weights are first copied with the output channels last;
+        then, for each sample, block of LANE_BLOCK output channels and output row, up to
+        POSITION_BLOCK outputs along the row keep their sums for all the block's channels
+        in vector lanes, each input value times the lane vector of its tap's weights."""
+        from graphc.codegen.c import owner
+
+        win = self.window
+        out_vars, tap_vars = OUT_VARS[win.rank], TAP_VARS[win.rank]
+        v = local_names(self, LOCALS + ("lane", "x0"))
+        params, args = batch_signature(self, cg.target.real, v["batch"])
+        source = self.padded if self.padded is not None else self.src
+        width = self.lanes.shape[-1]
+        o, c, weight, taps = self._channels(v)
+        tap_index = offset_text([c, *[v[t] for t in tap_vars]], (win.channels, *win.kernel))
+        blocks = width > LANE_BLOCK
+        outer = [(v["n"], v["batch"], f"++{v['n']}")]
+        if blocks:
+            outer.append((v["ob"], width, f"{v['ob']} += {LANE_BLOCK}"))
+        if win.rank == 2:
+            outer.append((v["y"], win.out[0], f"++{v['y']}"))
+        x = v[out_vars[-1]]
+        # the input row of channel c and window row p for output row y, from output x0 on
+        row = offset_text([v["n"], c], (win.channels, *win.padded), batched=True)
+        if win.rank == 2:
+            row = plus(row, scaled(f"{scaled(v['y'], win.stride[0])} + {v['p']}", win.padded[1]))
+        row = plus(owner(source), row, scaled(v["x0"], win.stride[-1]))
+        row_taps = offset_text([c, *[v[t] for t in tap_vars[:-1]]], (win.channels, *win.kernel))
+        lane_weights = plus(
+            owner(self.lanes),
+            scaled(row_taps, width),
+            v["ob"] if blocks else None,
+        )
+        along = win.out[-1]
+        block = min(POSITION_BLOCK, along)
+        # (first x0, or None for a loop over the whole blocks; positions in the run)
+        runs: list[tuple[int | None, int]] = [(None, block)]
+        if along % block:
+            runs.append((along - along % block, along % block))
+        channel = f"{v['ob']} + {v['lane']}" if blocks else v["lane"]
+        variables = [v["n"], o, *[v[var] for var in out_vars]]
+        acc = f"{v['acc']}[{v['i']}][{v['lane']}]"
+        return {
+            "params": params,
+            "args": args,
+            "v": v,
+            "variant": "lanes",
+            "pad": pad_pass(
+                cg, v, win, self.src, self.padded, c, "delta" if self.transposed else "the input"
+            ),
+            "width": width,
+            "out_channels": self.out_channels,
+            "full_lanes": self.out_channels % LANE_BLOCK == 0,
+            "lane_buffer": owner(self.lanes),
+            "zero": cg.printer.doprint(sp.Float(0.0)),
+            "taps": taps,
+            "tap_index": tap_index,
+            "weight": f"{owner(self.weights)}[{weight}]",
+            "collapse": parallel_for(cg, len(outer)),
+            "outer": outer,
+            "sum_taps": taps[:-1],
+            "row_width": win.kernel[-1],
+            "row": row,
+            "lane_weights": lane_weights,
+            "stride": win.stride[-1],
+            "runs": runs,
+            "along": along,
+            "lane_block": LANE_BLOCK,
+            "channel": channel,
+            "out": o,
+            "x": x,
+            "simd": cg.target.simd,
+            # the run's loop, its sums and stores, the taps' row pointers, the lane loop
+            # and its body, the stores' body
+            "indent": indents(1 + len(outer), 1, len(taps), len(taps) + 1, len(taps) + 2, 3),
+            **output_body(cg, self.output, variables, acc, v["batch"]),
+        }
+
     def _swept(self, v: dict[str, str], width: int) -> tuple[str, str]:
         """First and last-plus-one flat positions that tap row p sweeps: C expressions.
 
@@ -703,21 +797,13 @@ class ConvKernel(Kernel):
         from graphc.codegen.cuda import flat_index, without
 
         win = self.window
-        out_vars, tap_vars = OUT_VARS[win.rank], TAP_VARS[win.rank]
+        out_vars = OUT_VARS[win.rank]
         v = local_names(self, LOCALS)
         params, args = batch_signature(self, cg.target.real, v["batch"])
-        o, c = (v["c"], v["o"]) if self.transposed else (v["o"], v["c"])
-        if self.transposed:
-            flipped = [f"({k - 1} - {v[t]})" for t, k in zip(tap_vars, win.kernel)]
-            weight = offset_text([c, o, *flipped], (win.channels, self.out_channels, *win.kernel))
-        else:
-            weight = offset_text(
-                [o, c, *[v[t] for t in tap_vars]], (self.out_channels, win.channels, *win.kernel)
-            )
+        o, c, weight, taps = self._channels(v)
         positions = [(v["n"], v["batch"]), (o, self.out_channels)]
         positions += [(v[var], win.out[a]) for a, var in enumerate(out_vars)]
         index, total = flat_index(positions)
-        taps = [(c, win.channels)] + [(v[t], k) for t, k in zip(tap_vars, win.kernel)]
         source = self.padded if self.padded is not None else self.src
         pad = None
         if self.padded is not None:
@@ -1156,6 +1242,7 @@ class Conv(Op):
             padded,
             win.unit_stride and flat_length(win) <= FLAT_STACK_LIMIT,
             low.output_pass(node),
+            lanes=_weight_lanes(node, low, win, node.shape[0]),
         )
 
     def formula(self, node: Node, args: list[str]) -> str:
@@ -1240,6 +1327,7 @@ class ConvBackwardData(Op):
             flat_length(gather) <= FLAT_STACK_LIMIT,
             output,
             transposed=True,
+            lanes=_weight_lanes(node, low, gather, win.channels),
         )
 
     def formula(self, node: Node, args: list[str]) -> str:
@@ -1269,7 +1357,7 @@ class ConvBackwardFilter(Op):
         )
         lanes = None
         out_channels = delta.shape[0]
-        if out_channels >= LANE_BLOCK:
+        if low.lanes and out_channels >= LANE_BLOCK:
             width = -(-out_channels // LANE_BLOCK) * LANE_BLOCK
             lanes = low.table.scratch(f"{node.name} delta lanes", (product(win.out), width), True)
         return ConvBackwardFilterKernel(
@@ -1288,6 +1376,15 @@ class ConvBackwardFilter(Op):
     def formula(self, node: Node, args: list[str]) -> str:
         win: Window = node.attrs["window"]
         return f"Σ_batch {args[1]} ⋆ {args[0]} ({win.formula_text()})"
+
+
+def _weight_lanes(node: Node, low: Any, win: Window, out_channels: int) -> Tensor | None:
+    """Scratch for the weights of a convolution over ``win`` with the output channels last,
+    when there are enough of them for the lane sweep (LANE_BLOCK or more), else None."""
+    if not low.lanes or out_channels < LANE_BLOCK:
+        return None
+    width = -(-out_channels // LANE_BLOCK) * LANE_BLOCK
+    return low.table.scratch(f"{node.name} weight lanes", (win.channels * win.taps, width), False)
 
 
 def _wide(node: Node, low: Any) -> Tensor | None:

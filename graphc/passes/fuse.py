@@ -157,14 +157,22 @@ class Lowering:
 
     ``training`` says which kind of program it is: True for the gradient and training
     programs, False for evaluation and inference.  Ops whose meaning differs between the
-    two (dropout) read it in their ``lower``.
+    two (dropout) read it in their ``lower``; ``lanes`` is for ops whose layout depends
+    on the target (convolutions).
     """
 
     def __init__(
-        self, schedule: list[Node], keep: set[Node], table: TensorTable, training: bool = False
+        self,
+        schedule: list[Node],
+        keep: set[Node],
+        table: TensorTable,
+        training: bool = False,
+        lanes: bool = False,
     ) -> None:
         self.table = table
         self.training = training
+        #: whether wide convolutions may take the lane layouts (see compiler.plan_model)
+        self.lanes = lanes
         #: group root -> (group, materialized members), for ops that fuse a chain after them
         self._fused: dict[Node, tuple[_Group, list[Node]]] = {}
         self.rep = table.rep

@@ -283,6 +283,15 @@ def pytensor_trainer(w: Workload, threads: int) -> Callable[[int], None]:
     step = pytensor.function([x, y], loss, updates=updates)
     rng = np.random.default_rng(0)
 
+    return _epochs(w, step, rng)
+
+
+def _epochs(
+    w: Workload, step: Callable[[np.ndarray, np.ndarray], object], rng: np.random.Generator
+) -> Callable[[int], None]:
+    """train(epochs): ``step`` on each mini-batch of a fresh permutation per epoch, the last
+    partial batch included (the loop the Python-driven peers share)."""
+
     def train(epochs: int) -> None:
         for _ in range(epochs):
             order = rng.permutation(len(w.X))
@@ -323,14 +332,7 @@ def numpy_trainer(w: Workload, threads: int) -> Callable[[int], None]:
                 h = outs[k]
                 delta = back * (h > 0) if relu else back * (1 - h * h)
 
-    def train(epochs: int) -> None:
-        for _ in range(epochs):
-            order = rng.permutation(len(w.X))
-            for start in range(0, len(w.X), w.batch):
-                rows = order[start : start + w.batch]
-                step(w.X[rows], w.y[rows])
-
-    return train
+    return _epochs(w, step, rng)
 
 
 #: peer name -> (module it needs, trainer); graphc is timed against each that imports

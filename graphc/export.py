@@ -27,7 +27,7 @@ from graphc.codegen.c import (
     environment,
     lr_text,
     owner,
-    render_kernel,
+    render_kernels,
 )
 from graphc.codegen.names import sanitize
 from graphc.compiler import plan_model
@@ -343,12 +343,7 @@ def export(
             )
         )
 
-    kernels, seen = [], set()
-    for pname in wanted:
-        for kernel in programs[pname].kernels:
-            if kernel.name not in seen:
-                seen.add(kernel.name)
-                kernels.append(render_kernel(env, contexts.context(kernel)))
+    kernels = render_kernels(env, [programs[pname] for pname in wanted], contexts)
     if training:
         arena = STATE_BYTES + base + plan.memory.transient_peak["train"]
         arena = max(arena, STATE_BYTES + base + plan.memory.transient_peak["infer"])

@@ -387,6 +387,18 @@ def render_kernel(env: jinja2.Environment, ctx: dict[str, Any]) -> str:
     return env.get_template(ctx["template"]).render(**ctx)
 
 
+def render_kernels(env: jinja2.Environment, programs, contexts: KernelContexts) -> list[str]:
+    """Each kernel of ``programs`` rendered once (programs share kernels by name)."""
+    texts = []
+    seen = set()
+    for program in programs:
+        for kernel in program.kernels:
+            if kernel.name not in seen:
+                seen.add(kernel.name)
+                texts.append(render_kernel(env, contexts.context(kernel)))
+    return texts
+
+
 def template_variables(env: jinja2.Environment, name: str) -> set[str]:
     """The undeclared variables a template reads (for the context-key test)."""
     source = env.loader.get_source(env, name)[0]
@@ -550,14 +562,7 @@ def render_model(plan) -> tuple[str, str, str]:
     real = "float" if plan.dtype == "float32" else "double"
     target = Target(real=real, inline_exp=True)
     contexts = KernelContexts(target, plan.dtype, barrier_free(plan))
-    kernels_text = []
-    seen = set()
-    for program in plan.programs:
-        for kernel in program.kernels:
-            if kernel.name in seen:
-                continue
-            seen.add(kernel.name)
-            kernels_text.append(render_kernel(env, contexts.context(kernel)))
+    kernels_text = render_kernels(env, plan.programs, contexts)
     programs = {p.name: _program_context(plan, p, contexts) for p in plan.programs}
     for p in programs.values():
         p.update(head=f"{plan.name}_model *m", arena="m->arena")

@@ -27,7 +27,7 @@ from graphc.codegen.c import (
     environment,
     lr_text,
     persistent_tensors,
-    render_kernel,
+    render_kernels,
 )
 from graphc.errors import GraphError
 from graphc.kernels import Kernel
@@ -162,14 +162,7 @@ def render_model(plan) -> tuple[str, str, str]:
     env = environment()
     real = "float" if plan.dtype == "float32" else "double"
     contexts = CudaKernelContexts(cuda_target(real), plan.dtype)
-    kernels_text = []
-    seen = set()
-    for program in plan.programs:
-        for kernel in program.kernels:
-            if kernel.name in seen:
-                continue
-            seen.add(kernel.name)
-            kernels_text.append(render_kernel(env, contexts.context(kernel)))
+    kernels_text = render_kernels(env, plan.programs, contexts)
     programs = {p.name: _program_context(plan, p, contexts) for p in plan.programs}
     for p in programs.values():
         p.update(head=f"{plan.name}_model *m", arena="m->arena")

@@ -1242,7 +1242,7 @@ class Conv(Op):
             padded,
             win.unit_stride and flat_length(win) <= FLAT_STACK_LIMIT,
             low.output_pass(node),
-            lanes=_weight_lanes(node, low, win, node.shape[0]),
+            lanes=_lane_scratch(node, low, "weight", win.channels * win.taps, node.shape[0]),
         )
 
     def formula(self, node: Node, args: list[str]) -> str:
@@ -1327,7 +1327,7 @@ class ConvBackwardData(Op):
             flat_length(gather) <= FLAT_STACK_LIMIT,
             output,
             transposed=True,
-            lanes=_weight_lanes(node, low, gather, win.channels),
+            lanes=_lane_scratch(node, low, "weight", gather.channels * gather.taps, win.channels),
         )
 
     def formula(self, node: Node, args: list[str]) -> str:
@@ -1355,11 +1355,8 @@ class ConvBackwardFilter(Op):
             f"{subscripts(['n', 'o', *out_vars])} * {x.name}[n][c]{input_subscripts(win)}  "
             f"({win.describe()})"
         )
-        lanes = None
         out_channels = delta.shape[0]
-        if low.lanes and out_channels >= LANE_BLOCK:
-            width = -(-out_channels // LANE_BLOCK) * LANE_BLOCK
-            lanes = low.table.scratch(f"{node.name} delta lanes", (product(win.out), width), True)
+        lanes = _lane_scratch(node, low, "delta", product(win.out), out_channels, batched=True)
         return ConvBackwardFilterKernel(
             low.table.namer(f"k_{node.name}"),
             comment,
@@ -1378,13 +1375,16 @@ class ConvBackwardFilter(Op):
         return f"Σ_batch {args[1]} ⋆ {args[0]} ({win.formula_text()})"
 
 
-def _weight_lanes(node: Node, low: Any, win: Window, out_channels: int) -> Tensor | None:
-    """Scratch for the weights of a convolution over ``win`` with the output channels last,
-    when there are enough of them for the lane sweep (LANE_BLOCK or more), else None."""
+def _lane_scratch(
+    node: Node, low: Any, what: str, rows: int, out_channels: int, batched: bool = False
+) -> Tensor | None:
+    """Scratch for ``what`` (the weights, or δ) with the output channels last, ``rows`` rows
+    of them rounded up to whole LANE_BLOCKs: when the target takes the lane layouts and
+    there are enough channels for them (LANE_BLOCK or more), else None."""
     if not low.lanes or out_channels < LANE_BLOCK:
         return None
     width = -(-out_channels // LANE_BLOCK) * LANE_BLOCK
-    return low.table.scratch(f"{node.name} weight lanes", (win.channels * win.taps, width), False)
+    return low.table.scratch(f"{node.name} {what} lanes", (rows, width), batched)
 
 
 def _wide(node: Node, low: Any) -> Tensor | None:

@@ -6,6 +6,8 @@
     4. lowering (passes/fuse)  scheduled nodes        -> kernel records, fused
     5. optimizer (optim.py)    update rule (sympy)    -> [gradient-norm kernel when clipping,]
                                                          one fused update kernel per parameter
+                                                         (plain SGD on the C target: folded
+                                                         into weight gradient products)
     6. memory (passes/memory)  kernels of all programs -> MemoryPlan: offsets in one arena
     7. codegen (codegen/c.py,  ModelPlan              -> C or CUDA source, header, cffi cdef
        codegen/cuda.py)
@@ -17,6 +19,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import sympy as sp
@@ -30,6 +33,7 @@ from graphc.kernels import (
     Assign,
     Dim,
     ElementwiseKernel,
+    GemmKernel,
     GradNormKernel,
     Kernel,
     Loop,
@@ -106,6 +110,63 @@ def _update_kernel(
     )
 
 
+def _plain_sgd(optimizer: Optimizer) -> bool:
+    """Whether the update is p <- p - lr g with nothing else (no state, decay or clipping)."""
+    rule = optimizer.rule()
+    plain = not rule.states and not rule.scalars and optimizer.clip_norm is None
+    return plain and rule.assigns == (("p", P - LR * G),)
+
+
+def _owners(tensors: list[Tensor]) -> set[str]:
+    """The buffers behind some tensors (a reshape view counts as its owner)."""
+    return {t.alias_of or t.name for t in tensors}
+
+
+def _fuse_sgd_steps(
+    kernels: list[Kernel], params: list[ParamPlan], table: TensorTable
+) -> tuple[list[Kernel], set[str]]:
+    """Fold plain SGD steps into the products that form weight gradients (C target).
+
+    A gradient written whole by one matrix product, and read by nothing in the training
+    step, need not be stored: the product adds -lr times itself straight into the
+    parameter (``gc_gemm_scaled``).  The fused kernel runs where the product did, or
+    after the last kernel that still reads the parameter's old value if that is later.
+    Returns the new kernel list and the parameters (by name) whose update is done.
+    """
+    kernels = list(kernels)
+    fused: set[str] = set()
+    for pp in params:
+        if not pp.trainable:
+            continue
+        grad = pp.grad.name
+        writers = [i for i, k in enumerate(kernels) if grad in _owners(k.writes())]
+        readers = [i for i, k in enumerate(kernels) if grad in _owners(k.reads())]
+        if len(writers) != 1 or readers:
+            continue
+        product = kernels[writers[0]]
+        whole = isinstance(product, GemmKernel) and product.c.name == grad
+        if not whole or product.accumulate or product.epilogue or product.m.batched:
+            continue
+        if product.n.batched or product.m.coef * product.n.coef != pp.param.per_sample:
+            continue
+        del kernels[writers[0]]
+        after = [
+            i for i, k in enumerate(kernels) if pp.param.name in _owners(k.reads() + k.writes())
+        ]
+        label = pp.param.label
+        step = replace(
+            product,
+            name=table.namer(f"update_{label}"),
+            comment=f"SGD step of {label} fused into its gradient's product: "
+            f"{label} -= lr * ({product.comment.split(' = ', 1)[-1]})",
+            c=pp.param,
+            scale=-sp.Symbol("lr"),
+        )
+        kernels.insert(max([writers[0]] + [i + 1 for i in after]), step)
+        fused.add(pp.param.name)
+    return kernels, fused
+
+
 def _grad_norm_kernel(
     params: list[ParamPlan], max_norm: float, table: TensorTable
 ) -> tuple[GradNormKernel, Tensor]:
@@ -124,12 +185,15 @@ def plan_model(
     optimizer: Optimizer | None = None,
     frozen: set[str] | None = None,
     lanes: bool = False,
+    fuse_steps: bool = False,
 ) -> tuple[ModelPlan, Backward | None]:
     """Stages 1-6: from a Graph to a ModelPlan.
 
     ``lanes``: lay wide convolutions out for a vectorizing CPU target (the C backend):
     16 or more output channels are summed in vector lanes, which needs channels-last
     copies of the weights and of δ.  CUDA and the embedded export keep the plain layout.
+    ``fuse_steps``: with plain SGD, fold each weight's step into the product forming its
+    gradient (the C backend; see ``_fuse_sgd_steps``).
     """
     if not isinstance(graph, Graph):
         raise GraphError(f"compile expects a gc.Graph, got {type(graph).__name__}")
@@ -221,10 +285,17 @@ def plan_model(
             )
         )
         clip = None
+        fused: set[str] = set()
         if optimizer.clip_norm is not None:
             norm_kernel, clip = _grad_norm_kernel(params, optimizer.clip_norm, table)
             kernels.append(norm_kernel)
-        kernels += [_update_kernel(pp, optimizer, table, clip) for pp in params if pp.trainable]
+        elif fuse_steps and _plain_sgd(optimizer):
+            kernels, fused = _fuse_sgd_steps(kernels, params, table)
+        kernels += [
+            _update_kernel(pp, optimizer, table, clip)
+            for pp in params
+            if pp.trainable and pp.param.name not in fused
+        ]
         programs.append(
             Program(
                 "train",
@@ -311,7 +382,10 @@ def compile(  # noqa: A001 - the public name the DSL promises
 
         optimizer = SGD(lr=0.01)
     frozen = set([frozen] if isinstance(frozen, str) else (frozen or ()))
-    plan, backward = plan_model(graph, batch_size, dtype, optimizer, frozen, lanes=target == "c")
+    cpu = target == "c"
+    plan, backward = plan_model(
+        graph, batch_size, dtype, optimizer, frozen, lanes=cpu, fuse_steps=cpu
+    )
     if target == "c":
         source, header, cdef = c.render_model(plan)
         library = build_c(plan.name, source, header, cdef, cflags=cflags)

@@ -167,7 +167,12 @@ class Epilogue:
 
 @dataclass(frozen=True)
 class GemmKernel(Kernel):
-    """C = op(A) . op(B) (+ C), with an optional fused epilogue."""
+    """C = op(A) . op(B) (+ C), with an optional fused epilogue.
+
+    With ``scale`` (an expression of the step's learning rate ``lr``, e.g. -lr), the
+    kernel computes C += scale * op(A) . op(B) instead: a plain SGD step fused into the
+    weight gradient's product, so that the gradient is never stored.
+    """
 
     trans_a: bool
     trans_b: bool
@@ -182,11 +187,13 @@ class GemmKernel(Kernel):
     ldc: int
     accumulate: bool
     epilogue: Epilogue | None
+    scale: sp.Expr | None = None
     template: str = "gemm"
 
     def reads(self) -> list[Tensor]:
         extra = [a.tensor for a in self.epilogue.operands] if self.epilogue else []
-        return [self.a, self.b] + extra + ([self.c] if self.accumulate else [])
+        summed = self.accumulate or self.scale is not None
+        return [self.a, self.b] + extra + ([self.c] if summed else [])
 
     def writes(self) -> list[Tensor]:
         extra = [a.target.tensor for a in self.epilogue.assigns] if self.epilogue else []

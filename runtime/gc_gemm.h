@@ -5,6 +5,7 @@
  *     #include "gc_gemm.h"
  *
  *     C[M x N] = op(A)[M x K] . op(B)[K x N]   (+ C when accumulate)
+ *     C[M x N] += alpha * op(A) . op(B)          (gc_gemm_scaled: a fused SGD step)
  *
  * Structure (Goto/BLIS blocking):
  *   - C is cut into tiles of whole micro-tiles (at most GC_GEMM_MC x GC_GEMM_NC);
@@ -296,12 +297,12 @@ static inline void gc_gemm_pack_at(const GC_REAL *a, int lda, int mc, int kc,
 /* One MR x NR micro-tile: acc = sum_k a(:,k) b(k,:) in increasing k, where
    a(r,k) = a[r*rs + k*cs] (in place in A, or a packed micro-panel with rs = 1,
    cs = MR) and b(k,:) = b[k*bs .. k*bs + NR) (a packed micro-panel, bs = NR, or full
-   NR columns of row-major B read in place, bs = ldb).  Then C = acc, or C += acc when
-   add.  Only the top-left mr x nr part is written; rows past mr re-read row mr-1
+   NR columns of row-major B read in place, bs = ldb).  Then C = alpha * acc, or
+   C += alpha * acc when add (alpha = 1 leaves acc exact: 1 * acc = acc).  Only the top-left mr x nr part is written; rows past mr re-read row mr-1
    (valid memory) and are discarded. */
 static inline void gc_gemm_micro(int kc, const GC_REAL *a, ptrdiff_t rs, ptrdiff_t cs,
                                  const GC_REAL *restrict b, ptrdiff_t bs, GC_REAL *restrict c,
-                                 int ldc, int mr, int nr, int add)
+                                 int ldc, int mr, int nr, int add, GC_REAL alpha)
 {
 #define GC_GEMM_INIT(r)                        \
     gc_gemm_vec c##r##0 = {0}, c##r##1 = {0};  \
@@ -322,16 +323,17 @@ static inline void gc_gemm_micro(int kc, const GC_REAL *a, ptrdiff_t rs, ptrdiff
 #undef GC_GEMM_STEP
         b += bs;
     }
+    const gc_gemm_vec av = GC_GEMM_SPLAT(alpha);
     if (mr == GC_GEMM_MR && nr == GC_GEMM_NR) {
 #define GC_GEMM_STORE(r)                                             \
     {                                                                \
         gc_gemm_uvec *cv = (gc_gemm_uvec *)(c + (size_t)(r) * ldc);  \
         if (add) {                                                   \
-            cv[0] += c##r##0;                                        \
-            cv[1] += c##r##1;                                        \
+            cv[0] += av * c##r##0;                                   \
+            cv[1] += av * c##r##1;                                   \
         } else {                                                     \
-            cv[0] = c##r##0;                                         \
-            cv[1] = c##r##1;                                         \
+            cv[0] = av * c##r##0;                                    \
+            cv[1] = av * c##r##1;                                    \
         }                                                            \
     }
         GC_GEMM_ROWS(GC_GEMM_STORE)
@@ -349,10 +351,10 @@ static inline void gc_gemm_micro(int kc, const GC_REAL *a, ptrdiff_t rs, ptrdiff
         const GC_REAL *ti = tile + i * GC_GEMM_NR;
         if (add) {
             for (int j = 0; j < nr; j++)
-                ci[j] += ti[j];
+                ci[j] += alpha * ti[j];
         } else {
             for (int j = 0; j < nr; j++)
-                ci[j] = ti[j];
+                ci[j] = alpha * ti[j];
         }
     }
 }
@@ -364,7 +366,8 @@ static inline void gc_gemm_micro(int kc, const GC_REAL *a, ptrdiff_t rs, ptrdiff
    there and only a ragged last one from bp. */
 static inline void gc_gemm_macro(int mc, int nc, int kc, const GC_REAL *a, ptrdiff_t rs,
                                  ptrdiff_t cs, ptrdiff_t ps, const GC_REAL *bp,
-                                 const GC_REAL *b_in, int ldb, GC_REAL *c, int ldc, int add)
+                                 const GC_REAL *b_in, int ldb, GC_REAL *c, int ldc, int add,
+                                 GC_REAL alpha)
 {
     for (int jr = 0; jr < nc; jr += GC_GEMM_NR) {
         const int nr = gc_gemm_min(GC_GEMM_NR, nc - jr);
@@ -374,7 +377,7 @@ static inline void gc_gemm_macro(int mc, int nc, int kc, const GC_REAL *a, ptrdi
         for (int ir = 0; ir < mc; ir += GC_GEMM_MR) {
             const int mr = gc_gemm_min(GC_GEMM_MR, mc - ir);
             gc_gemm_micro(kc, a + ir * ps, rs, cs, b, bs, c + (size_t)ir * ldc + jr, ldc, mr,
-                          nr, add);
+                          nr, add, alpha);
         }
     }
 }
@@ -405,8 +408,9 @@ static inline void gc_gemm_grid(int mpanels, int npanels, int nthreads, int *gm,
    once all of C is done; gc_gemm_nowait once this thread's tiles are (the caller knows
    nothing before the next barrier needs the rest). */
 static inline void gc_gemm_tiles(int trans_a, int trans_b, int M, int N, int K, const GC_REAL *A,
-                                 int lda, const GC_REAL *B, int ldb, int accumulate, GC_REAL *C,
-                                 int ldc, gc_gemm_epilogue epilogue, void *ctx)
+                                 int lda, const GC_REAL *B, int ldb, int accumulate,
+                                 GC_REAL alpha, GC_REAL *C, int ldc, gc_gemm_epilogue epilogue,
+                                 void *ctx)
 {
     int nthreads = 1;
 #ifdef _OPENMP
@@ -463,9 +467,10 @@ static inline void gc_gemm_tiles(int trans_a, int trans_b, int M, int N, int K, 
                 /* Packing A^T pays off once enough B micro-panels reuse it. */
                 gc_gemm_pack_at(a, lda, mc, kc, gc_gemm_apack);
                 gc_gemm_macro(mc, nc, kc, gc_gemm_apack, 1, GC_GEMM_MR, kc, gc_gemm_bpack, b_in,
-                              ldb, ct, ldc, add);
+                              ldb, ct, ldc, add, alpha);
             } else {
-                gc_gemm_macro(mc, nc, kc, a, rs, cs, rs, gc_gemm_bpack, b_in, ldb, ct, ldc, add);
+                gc_gemm_macro(mc, nc, kc, a, rs, cs, rs, gc_gemm_bpack, b_in, ldb, ct, ldc, add,
+                              alpha);
             }
         }
         if (epilogue)
@@ -477,7 +482,8 @@ static inline void gc_gemm(int trans_a, int trans_b, int M, int N, int K, const 
                            int lda, const GC_REAL *B, int ldb, int accumulate, GC_REAL *C,
                            int ldc, gc_gemm_epilogue epilogue, void *ctx)
 {
-    gc_gemm_tiles(trans_a, trans_b, M, N, K, A, lda, B, ldb, accumulate, C, ldc, epilogue, ctx);
+    gc_gemm_tiles(trans_a, trans_b, M, N, K, A, lda, B, ldb, accumulate, 1, C, ldc, epilogue,
+                  ctx);
     GC_GEMM_BARRIER
 }
 
@@ -486,7 +492,21 @@ static inline void gc_gemm_nowait(int trans_a, int trans_b, int M, int N, int K,
                                   int accumulate, GC_REAL *C, int ldc, gc_gemm_epilogue epilogue,
                                   void *ctx)
 {
-    gc_gemm_tiles(trans_a, trans_b, M, N, K, A, lda, B, ldb, accumulate, C, ldc, epilogue, ctx);
+    gc_gemm_tiles(trans_a, trans_b, M, N, K, A, lda, B, ldb, accumulate, 1, C, ldc, epilogue,
+                  ctx);
+}
+
+/* C += alpha * op(A) . op(B), then a barrier when wait.  With C a parameter, its
+   gradient as the product and alpha = -lr, this is a plain SGD step that never stores
+   the gradient. */
+static inline void gc_gemm_scaled(int trans_a, int trans_b, int M, int N, int K, GC_REAL alpha,
+                                  const GC_REAL *A, int lda, const GC_REAL *B, int ldb,
+                                  GC_REAL *C, int ldc, int wait)
+{
+    gc_gemm_tiles(trans_a, trans_b, M, N, K, A, lda, B, ldb, 1, alpha, C, ldc, NULL, NULL);
+    if (wait) {
+        GC_GEMM_BARRIER
+    }
 }
 
 #endif /* GC_GEMM_H */

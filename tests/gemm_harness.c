@@ -2,7 +2,8 @@
  * h_gemm runs gc_gemm from inside a parallel region of nthreads threads (or from
  * plain serial code when nthreads == 0); its epilogue counts how often each C
  * element is handed over and snapshots the tile, so the test can check that every
- * element is covered exactly once and was final when the epilogue saw it. */
+ * element is covered exactly once and was final when the epilogue saw it.
+ * h_gemm_scaled runs gc_gemm_scaled (C += alpha * op(A) op(B)) the same way. */
 #ifndef GC_REAL
 #define GC_REAL float
 #endif
@@ -67,5 +68,22 @@ void h_gemm(int trans_a, int trans_b, int m, int n, int k, const void *a, int ld
     {
         gc_gemm(trans_a, trans_b, m, n, k, (const GC_REAL *)a, lda, (const GC_REAL *)b, ldb,
                 accumulate, (GC_REAL *)c, ldc, epilogue, &ctx);
+    }
+}
+
+void h_gemm_scaled(int trans_a, int trans_b, int m, int n, int k, double alpha, const void *a,
+                   int lda, const void *b, int ldb, void *c, int ldc, int nthreads)
+{
+    if (nthreads <= 0) {
+        gc_gemm_scaled(trans_a, trans_b, m, n, k, (GC_REAL)alpha, (const GC_REAL *)a, lda,
+                       (const GC_REAL *)b, ldb, (GC_REAL *)c, ldc, 1);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads)
+#endif
+    {
+        gc_gemm_scaled(trans_a, trans_b, m, n, k, (GC_REAL)alpha, (const GC_REAL *)a, lda,
+                       (const GC_REAL *)b, ldb, (GC_REAL *)c, ldc, 1);
     }
 }

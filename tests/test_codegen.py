@@ -27,6 +27,7 @@ from graphc.codegen.c import (
     template_variables,
 )
 from graphc.compiler import plan_model
+from graphc.kernels import GemmKernel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -193,6 +194,27 @@ def test_wide_convolutions_take_the_lane_layouts_only_where_asked():
         copies = {k.name for k in kernels if getattr(k, "lanes", None) is not None}
         # conv2 (16 channels): its forward pass and its filter gradient
         assert copies == ({"k_conv2_conv", "k_grad_conv2_W"} if lanes else set())
+
+
+def test_plain_sgd_steps_fold_into_weight_gradient_products():
+    """With ``fuse_steps`` (the C target) and plain SGD, each dense weight's step is its
+    gradient product scaled by −lr and added into the weight, and its update kernel is
+    gone; biases keep theirs.  Momentum, clipping or no ``fuse_steps`` keep every update."""
+
+    def updates(optimizer, fuse):
+        plan, _ = plan_model(mlp(), 8, "float32", optimizer, fuse_steps=fuse)
+        train = next(p for p in plan.programs if p.name == "train")
+        fused = {k.c.label for k in train.kernels if isinstance(k, GemmKernel) and k.scale}
+        kernels = {k.name for k in train.kernels if k.name.startswith("update_")}
+        return fused, kernels
+
+    fused, kernels = updates(gc.SGD(0.1), True)
+    weights = {label for label in fused if label.endswith(".W")}
+    assert fused and fused == weights
+    plain_fused, plain_kernels = updates(gc.SGD(0.1), False)
+    assert not plain_fused and kernels == plain_kernels  # the same names, other kernels
+    for optimizer in (gc.SGD(0.1, momentum=0.9), gc.SGD(0.1, clip_norm=1.0), gc.Adam()):
+        assert updates(optimizer, True) == (set(), plain_kernels)
 
 
 def test_every_kernel_template_is_checked_against_a_context():

@@ -21,6 +21,8 @@ int h_openmp(void);
 void h_gemm(int trans_a, int trans_b, int m, int n, int k, const void *a, int lda,
             const void *b, int ldb, int accumulate, void *c, int ldc, int nthreads,
             int *counts, void *snapshot);
+void h_gemm_scaled(int trans_a, int trans_b, int m, int n, int k, double alpha, const void *a,
+                   int lda, const void *b, int ldb, void *c, int ldc, int nthreads);
 """
 
 # (M, N, K): zeros, ones, odd sizes, exact micro-tiles, and sizes past every block
@@ -162,6 +164,42 @@ def _check_build(libs, build: str, dtype, ta: int, tb: int, thread_counts: list[
 
 TRANS = [(0, 0), (0, 1), (1, 0), (1, 1)]
 DTYPES = [np.float32, np.float64]
+
+
+@pytest.mark.parametrize("build", ["gcc-openmp-native", "gcc-portable"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ta,tb", TRANS)
+def test_gemm_scaled(libs, build, dtype, ta, tb):
+    """gc_gemm_scaled adds alpha * op(A) op(B) into C (the fused SGD step): it matches
+    numpy, leaves the padding alone and is bit-identical for every thread count."""
+    ffi, lib = libs(build, dtype)
+    eps = np.finfo(dtype).eps
+    rng = np.random.default_rng(99 + 2 * ta + tb)
+    alpha = -0.0375
+    for index, (M, N, K) in enumerate(SIZES):
+        pad = index % 3
+        a, a_view, lda = _strided(rng, K if ta else M, M if ta else K, pad, dtype)
+        b, b_view, ldb = _strided(rng, N if tb else K, K if tb else N, pad + 1, dtype)
+        op_a = (a_view.T if ta else a_view).astype(np.float64)
+        op_b = (b_view.T if tb else b_view).astype(np.float64)
+        c0, c0_view, ldc = _strided(rng, M, N, pad, dtype)
+        base = c0_view.astype(np.float64)
+        want = base + alpha * (op_a @ op_b)
+        bound = 2 * (K + 3) * eps * (abs(alpha) * np.abs(op_a) @ np.abs(op_b) + np.abs(base))
+        first = None
+        for nthreads in [1, 2, 3, 0] if "openmp" in build else [0]:
+            c = c0.copy()
+            lib.h_gemm_scaled(
+                ta, tb, M, N, K, alpha, ffi.from_buffer(a), lda, ffi.from_buffer(b), ldb,
+                ffi.from_buffer(c), ldc, nthreads,
+            )  # fmt: skip
+            where = f"{build} {dtype.__name__} ta={ta} tb={tb} M,N,K={M},{N},{K} {nthreads}"
+            assert np.all(np.abs(c[:M, :N] - want) <= bound + 1e-300), where
+            outside = np.ones(c.shape, dtype=bool)
+            outside[:M, :N] = False
+            assert np.array_equal(c[outside], c0[outside]), where
+            first = c if first is None else first
+            assert first.tobytes() == c.tobytes(), f"not deterministic: {where}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -12,6 +12,7 @@ import pytest
 
 import graphc as gc
 from graphc import schedules
+from graphc.kernels import GemmKernel
 
 pytestmark = pytest.mark.needs_cc
 
@@ -214,6 +215,27 @@ def test_gradients_are_not_clipped(batch) -> None:
     want = numpy_grads(model.params, x, y)
     for name in want:
         np.testing.assert_allclose(grads[name], want[name], rtol=1e-12, atol=1e-14)
+
+
+def test_fused_sgd_step_equals_the_gradient_step(batch) -> None:
+    """Plain SGD on the C target adds −η times each weight gradient's product straight into
+    the weight, with no stored gradient.  One step must still equal p − η·∂E/∂p for every
+    parameter, hidden layers included (whose δ product reads the weight before its step)."""
+    x, y = batch
+    g = gc.Graph("fused_sgd")
+    xi, yi = g.input("x", IN), g.input("y", OUT)
+    h = gc.dense(gc.dense(xi, 5, activation="tanh", name="h1"), 4, activation="relu", name="h2")
+    g.minimize(gc.mse(gc.dense(h, OUT, name="out"), yi))
+    model = gc.compile(g, batch_size=ROWS, dtype="float64", optimizer=gc.SGD(lr=0.1), seed=5)
+    train = next(p for p in model.plan.programs if p.name == "train")
+    fused = {k.c.label for k in train.kernels if isinstance(k, GemmKernel) and k.scale}
+    assert fused == {"h1.W", "h2.W", "out.W"}
+    before, grads = model.params, model.gradients(x, y)
+    model.train_step(x, y)
+    for name, value in model.params.items():
+        np.testing.assert_allclose(
+            value, before[name] - 0.1 * grads[name], rtol=0, atol=1e-13, err_msg=name
+        )
 
 
 # --- schedules ------------------------------------------------------------------------------

@@ -263,6 +263,7 @@ class KernelContexts:
             "ldc": k.ldc,
             "accumulate": int(k.accumulate),
             "epilogue": None,
+            "scale": None,
         }
         if k.epilogue:
             acc = sp.Symbol(f"{owner(k.c)}[r * {k.ldc} + c]")
@@ -291,6 +292,11 @@ class KernelContexts:
             }
             uses_n = uses_n or body["uses_n"]
         params, args = signature(k, self.target.real, uses_n)
+        if k.scale is not None:
+            # the fused SGD step takes this step's learning rate like an update kernel
+            ctx["scale"] = self.printer.doprint(k.scale)
+            params += f", const {self.target.real} lr"
+            args += f", {self.model_value('lr')}"
         ctx.update(params=params, args=args)
         return ctx
 

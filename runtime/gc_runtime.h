@@ -16,18 +16,31 @@
 #include "gc_random.h"
 #include "gc_shuffle.h"
 
-/* One 64-byte aligned, zeroed block: the model's arena. */
+/* One 64-byte aligned, zeroed block: the model's arena.  It comes from calloc, which
+   hands a large block over as fresh zero pages without writing them, so a page costs
+   resident memory only once something stores to it: a gradient that the training step
+   never stores (plain SGD's fused weight steps) stays free until `gradients` runs.
+   calloc's own pointer sits just below the aligned block, for gc_arena_free. */
 static inline unsigned char *gc_arena_alloc(size_t bytes)
 {
-    void *p = NULL;
-    size_t rounded = (bytes + 63) / 64 * 64;
-    if (posix_memalign(&p, 64, rounded ? rounded : 64) != 0)
+    const size_t rounded = (bytes + 63) / 64 * 64;
+    unsigned char *raw = (unsigned char *)calloc(1, rounded + 64 + sizeof(void *));
+    if (raw == NULL)
         return NULL;
-    memset(p, 0, rounded ? rounded : 64);
-    return (unsigned char *)p;
+    const uintptr_t start = (uintptr_t)(raw + sizeof(void *));
+    unsigned char *p = raw + ((start + 63) / 64 * 64 - (uintptr_t)raw);
+    memcpy(p - sizeof(void *), &raw, sizeof(void *));
+    return p;
 }
 
-static inline void gc_arena_free(unsigned char *p) { free(p); }
+static inline void gc_arena_free(unsigned char *p)
+{
+    if (p == NULL)
+        return;
+    void *raw;
+    memcpy(&raw, p - sizeof(void *), sizeof(void *));
+    free(raw);
+}
 
 /* Below this many floating-point operations per call, one thread is faster than a team:
    waking the team and syncing it at the kernels' barriers costs about a microsecond each

@@ -10,10 +10,10 @@ peak resident set (VmHWM from /proc/self/status):
 
 and two stages without graphc, which show how much of the rest is the compiler's:
 
-  cffi      the baseline + ``import cffi``
-  library   + the compiled W1 library (built beforehand) loaded with cffi and trained for
-            2 epochs through its C API (``bench_mlp_train_epoch``), as a program that ships
-            only the library would
+  ctypes    the baseline + ``import ctypes``
+  library   + the compiled W1 library (built beforehand) loaded with ctypes (the standard
+            library's loader: no C parser at run time) and trained for 2 epochs through its
+            C API (``bench_mlp_train_epoch``), as a program that ships only the library would
 
 The budget the issue sets is 1.2 x (parameters + optimizer state + one batch of activations
 and δ's) above the baseline; the table prints that figure and the model's arena beside.
@@ -29,7 +29,7 @@ import sys
 from common import ROOT
 
 STAGES = ("numpy", "import", "compile", "train")
-LIBRARY_STAGES = ("cffi", "library")
+LIBRARY_STAGES = ("ctypes", "library")
 
 SCRIPT = """
 import sys
@@ -59,34 +59,30 @@ import numpy as np
 rng = np.random.default_rng(0)
 X = rng.standard_normal((8192, 784), dtype=np.float32)
 y = rng.integers(0, 10, 8192).astype(np.int32)
-import cffi
+import ctypes
 if {load}:
-    ffi = cffi.FFI()
-    ffi.cdef('''
-        typedef struct bench_mlp_model bench_mlp_model;
-        bench_mlp_model *bench_mlp_create(void);
-        float *bench_mlp_tensor(bench_mlp_model *m, int index);
-        void bench_mlp_set_threads(bench_mlp_model *m, int threads);
-        void bench_mlp_set_lr(bench_mlp_model *m, double lr);
-        double bench_mlp_train_epoch(bench_mlp_model *m, const float *x, const int32_t *y,
-            int64_t count, int64_t *perm, uint64_t seed, int shuffle, double *hits);
-    ''')
-    lib = ffi.dlopen({path!r}, ffi.RTLD_NOW | ffi.RTLD_NODELETE)
+    lib = ctypes.CDLL({path!r})
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.bench_mlp_create.restype = p
+    lib.bench_mlp_tensor.restype = ctypes.POINTER(ctypes.c_float)
+    lib.bench_mlp_tensor.argtypes = [p, ctypes.c_int]
+    lib.bench_mlp_set_threads.argtypes = [p, ctypes.c_int]
+    lib.bench_mlp_set_lr.argtypes = [p, ctypes.c_double]
+    lib.bench_mlp_train_epoch.restype = ctypes.c_double
+    lib.bench_mlp_train_epoch.argtypes = [p, p, p, i64, p, ctypes.c_uint64, ctypes.c_int, p]
     m = lib.bench_mlp_create()
     for index, (rows, cols) in enumerate([(784, 512), (512, 256), (256, 10)]):
-        w = np.frombuffer(ffi.buffer(lib.bench_mlp_tensor(m, 2 * index), 4 * rows * cols),
-                          dtype=np.float32)
+        w = np.ctypeslib.as_array(lib.bench_mlp_tensor(m, 2 * index), (rows * cols,))
         rng.random(dtype=np.float32, out=w)  # in place: no temporaries to count
         w -= 0.5
         w *= 2 * np.sqrt(6.0 / (rows + cols))
     lib.bench_mlp_set_threads(m, 2)
     lib.bench_mlp_set_lr(m, 0.01)
     perm = np.empty(8192, dtype=np.int64)
-    hits = ffi.new("double *")
+    hits = ctypes.c_double()
     for epoch in range(2):
-        loss = lib.bench_mlp_train_epoch(m, ffi.from_buffer("float[]", X),
-            ffi.from_buffer("int32_t[]", y), 8192, ffi.from_buffer("int64_t[]", perm),
-            epoch, 1, hits)
+        loss = lib.bench_mlp_train_epoch(m, X.ctypes.data, y.ctypes.data, 8192,
+            perm.ctypes.data, epoch, 1, ctypes.byref(hits))
     assert loss == loss
 for line in open("/proc/self/status"):
     if line.startswith("VmHWM"):

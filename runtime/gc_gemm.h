@@ -13,10 +13,11 @@
  *     by every thread of an enclosing parallel region (or by one thread outside
  *     any region, or without OpenMP at all).
  *   - For each tile, K is walked in blocks of kc <= GC_GEMM_KC.  The kc x nc panel
- *     of op(B) is packed into micro-panels of GC_GEMM_NR columns (a transpose when
- *     trans_b; a row-major panel of at most GC_GEMM_IN_PLACE_BYTES is read in place
- *     instead), and a GC_GEMM_MR x GC_GEMM_NR register-blocked FMA micro-kernel
- *     accumulates each micro-tile, broadcasting op(A) values.  Row-major A is read
+ *     of op(B) is taken one micro-panel of GC_GEMM_NR columns at a time, packed on
+ *     the stack (a transpose when trans_b; the micro-panels of a row-major panel of
+ *     at most GC_GEMM_IN_PLACE_BYTES are read in place instead), and a
+ *     GC_GEMM_MR x GC_GEMM_NR register-blocked FMA micro-kernel accumulates each
+ *     micro-tile of that column strip, broadcasting op(A) values.  Row-major A is read
  *     in place (no transposing pack); A^T is packed when the tile is wide enough
  *     to repay it, else read in place too.
  *   - Edge micro-tiles run on zero-padded B panels (and repeated A rows); only the
@@ -27,8 +28,9 @@
  * only.  Tiling and thread count decide who computes an element, never how, so
  * results are bit-identical for any number of threads.
  *
- * No allocation: the packing buffers are per-thread static arrays (about 660 KiB
- * of thread-local storage per thread; no stack use beyond a few hundred bytes).
+ * No allocation: a block of A^T is packed into a per-thread static array (MC x KC:
+ * 144 KiB of thread-local storage per thread for float and double alike), and B one
+ * micro-panel at a time into a stack array of at most 16 KiB.
  */
 #ifndef GC_GEMM_H
 #define GC_GEMM_H
@@ -89,8 +91,7 @@
 #define GC_GEMM_NR (2 * GC_GEMM_VLEN)
 
 /* Cache blocking, in elements.  A kc x NR micro-panel of B (16 KiB) stays in L1
-   while the micro-kernel sweeps the MC rows of A (L2); the kc x NC panel of B
-   (512 KiB) sits in L2. */
+   while the micro-kernel sweeps the MC rows of A (L2); NC bounds a tile's width. */
 #define GC_GEMM_KC 256
 /* A row-major B panel up to this size is read in place rather than packed: packing
    costs a copy per call that small products (batch 32, layers of 64-128) cannot repay. */
@@ -142,14 +143,17 @@ typedef GC_REAL gc_gemm_uvec
    accumulated), rows [r0, r0+nr) x cols [c0, c0+nc); ctx is passed through. */
 typedef void (*gc_gemm_epilogue)(void *ctx, int r0, int nr, int c0, int nc);
 
-/* Per-thread packing buffers (no malloc, no stack pressure on OpenMP workers).
+/* Per-thread buffer for a packed block of A^T (no malloc, no stack pressure on OpenMP
+   workers).  B is packed one micro-panel at a time into the stack (KC x NR values,
+   16 KiB at most) right before the micro-tiles that use it, so it needs no buffer of
+   its own: the loader zeroes a library's whole thread-local block for every thread
+   that touches it, and a KC x NC panel there cost 512 KiB per thread.
    A single-threaded target without thread-local storage may define GC_GEMM_TLS
-   empty to get plain static buffers (then gc_gemm is not reentrant). */
+   empty to get a plain static buffer (then gc_gemm is not reentrant). */
 #ifndef GC_GEMM_TLS
 #define GC_GEMM_TLS _Thread_local
 #endif
 static GC_GEMM_TLS GC_REAL gc_gemm_apack[GC_GEMM_MC * GC_GEMM_KC] __attribute__((aligned(64)));
-static GC_GEMM_TLS GC_REAL gc_gemm_bpack[GC_GEMM_KC * GC_GEMM_NC] __attribute__((aligned(64)));
 
 static inline int gc_gemm_min(int a, int b)
 {
@@ -361,19 +365,26 @@ static inline void gc_gemm_micro(int kc, const GC_REAL *a, ptrdiff_t rs, ptrdiff
 
 /* All micro-tiles of one mc x nc tile for one K block: a points at op(A)[i0][p0]
    with strides rs between rows and cs between k inside a micro-panel and ps * MR
-   between micro-panels (ps = rs in place, kc packed); bp is the packed B panel.  With
-   b_in (op(B)[p0][j0] of a row-major B, ldb apart), whole micro-panels are read from
-   there and only a ragged last one from bp. */
+   between micro-panels (ps = rs in place, kc packed).  op(B)[p0..p0+kc) x
+   [j0..j0+nc) is taken one micro-panel of NR columns at a time: read where it is
+   when in_place (row-major B) and the micro-panel is whole, else packed into the
+   stack first; then every micro-tile of that column strip uses it while it is hot. */
 static inline void gc_gemm_macro(int mc, int nc, int kc, const GC_REAL *a, ptrdiff_t rs,
-                                 ptrdiff_t cs, ptrdiff_t ps, const GC_REAL *bp,
-                                 const GC_REAL *b_in, int ldb, GC_REAL *c, int ldc, int add,
-                                 GC_REAL alpha)
+                                 ptrdiff_t cs, ptrdiff_t ps, int trans_b, const GC_REAL *B,
+                                 int ldb, int p0, int j0, int in_place, GC_REAL *c, int ldc,
+                                 int add, GC_REAL alpha)
 {
+    GC_REAL strip[GC_GEMM_KC * GC_GEMM_NR] __attribute__((aligned(64)));
     for (int jr = 0; jr < nc; jr += GC_GEMM_NR) {
         const int nr = gc_gemm_min(GC_GEMM_NR, nc - jr);
-        const int in_place = b_in != NULL && nr == GC_GEMM_NR;
-        const GC_REAL *b = in_place ? b_in + jr : bp + (size_t)jr * kc;
-        const ptrdiff_t bs = in_place ? ldb : GC_GEMM_NR;
+        const GC_REAL *b = strip;
+        ptrdiff_t bs = GC_GEMM_NR;
+        if (in_place && nr == GC_GEMM_NR) {
+            b = B + (size_t)p0 * ldb + j0 + jr;
+            bs = ldb;
+        } else {
+            gc_gemm_pack_b(trans_b, B, ldb, p0, kc, j0 + jr, nr, strip);
+        }
         for (int ir = 0; ir < mc; ir += GC_GEMM_MR) {
             const int mr = gc_gemm_min(GC_GEMM_MR, mc - ir);
             gc_gemm_micro(kc, a + ir * ps, rs, cs, b, bs, c + (size_t)ir * ldc + jr, ldc, mr,
@@ -451,26 +462,18 @@ static inline void gc_gemm_tiles(int trans_a, int trans_b, int M, int N, int K, 
             const int kc = (int)((long long)(kb + 1) * K / kblocks) - p0;
             /* A small row-major B panel is read where it is (it stays in cache anyway);
                only its ragged last micro-panel, if any, is packed with zero padding. */
-            const GC_REAL *b_in = NULL;
-            if (!trans_b && (size_t)kc * nc * sizeof(GC_REAL) <= GC_GEMM_IN_PLACE_BYTES) {
-                b_in = B + (size_t)p0 * ldb + j0;
-                const int whole = nc / GC_GEMM_NR * GC_GEMM_NR;
-                if (whole < nc)
-                    gc_gemm_pack_b(0, B, ldb, p0, kc, j0 + whole, nc - whole,
-                                   gc_gemm_bpack + (size_t)whole * kc);
-            } else {
-                gc_gemm_pack_b(trans_b, B, ldb, p0, kc, j0, nc, gc_gemm_bpack);
-            }
+            const int in_place =
+                !trans_b && (size_t)kc * nc * sizeof(GC_REAL) <= GC_GEMM_IN_PLACE_BYTES;
             const GC_REAL *a = A + i0 * rs + p0 * cs;
             const int add = accumulate || kb > 0;
             if (trans_a && nc >= 4 * GC_GEMM_NR) {
                 /* Packing A^T pays off once enough B micro-panels reuse it. */
                 gc_gemm_pack_at(a, lda, mc, kc, gc_gemm_apack);
-                gc_gemm_macro(mc, nc, kc, gc_gemm_apack, 1, GC_GEMM_MR, kc, gc_gemm_bpack, b_in,
-                              ldb, ct, ldc, add, alpha);
+                gc_gemm_macro(mc, nc, kc, gc_gemm_apack, 1, GC_GEMM_MR, kc, trans_b, B, ldb, p0,
+                              j0, in_place, ct, ldc, add, alpha);
             } else {
-                gc_gemm_macro(mc, nc, kc, a, rs, cs, rs, gc_gemm_bpack, b_in, ldb, ct, ldc, add,
-                              alpha);
+                gc_gemm_macro(mc, nc, kc, a, rs, cs, rs, trans_b, B, ldb, p0, j0, in_place, ct,
+                              ldc, add, alpha);
             }
         }
         if (epilogue)

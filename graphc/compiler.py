@@ -6,8 +6,8 @@
     4. lowering (passes/fuse)  scheduled nodes        -> kernel records, fused
     5. optimizer (optim.py)    update rule (sympy)    -> [gradient-norm kernel when clipping,]
                                                          one fused update kernel per parameter
-                                                         (plain SGD on the C target: folded
-                                                         into weight gradient products)
+                                                         (plain SGD: folded into weight
+                                                         gradient products)
     6. memory (passes/memory)  kernels of all programs -> MemoryPlan: offsets in one arena
     7. codegen (codegen/c.py,  ModelPlan              -> C or CUDA source, header, cffi cdef
        codegen/cuda.py)
@@ -125,7 +125,7 @@ def _owners(tensors: list[Tensor]) -> set[str]:
 def _fuse_sgd_steps(
     kernels: list[Kernel], params: list[ParamPlan], table: TensorTable
 ) -> tuple[list[Kernel], set[str]]:
-    """Fold plain SGD steps into the products that form weight gradients (C target).
+    """Fold plain SGD steps into the products that form weight gradients.
 
     A gradient written whole by one matrix product, and read by nothing in the training
     step, need not be stored: the product adds -lr times itself straight into the
@@ -193,7 +193,7 @@ def plan_model(
     16 or more output channels are summed in vector lanes, which needs channels-last
     copies of the weights and of δ.  CUDA and the embedded export keep the plain layout.
     ``fuse_steps``: with plain SGD, fold each weight's step into the product forming its
-    gradient (the C backend; see ``_fuse_sgd_steps``).
+    gradient (``compile`` does for every target; see ``_fuse_sgd_steps``).
     """
     if not isinstance(graph, Graph):
         raise GraphError(f"compile expects a gc.Graph, got {type(graph).__name__}")
@@ -382,9 +382,8 @@ def compile(  # noqa: A001 - the public name the DSL promises
 
         optimizer = SGD(lr=0.01)
     frozen = set([frozen] if isinstance(frozen, str) else (frozen or ()))
-    cpu = target == "c"
     plan, backward = plan_model(
-        graph, batch_size, dtype, optimizer, frozen, lanes=cpu, fuse_steps=cpu
+        graph, batch_size, dtype, optimizer, frozen, lanes=target == "c", fuse_steps=True
     )
     if target == "c":
         source, header, cdef = c.render_model(plan)

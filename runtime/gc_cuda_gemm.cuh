@@ -1,10 +1,12 @@
 /* gc_cuda_gemm.cuh: graphc's own tiled GEMM for CUDA, with an epilogue fused in-kernel.
  *
- *     C[M x N] = op(A)[M x K] . op(B)[K x N]   (+ C when accumulate)
+ *     C[M x N] = alpha * op(A)[M x K] . op(B)[K x N]   (+ C when accumulate)
  *     op(A)[i][k] = trans_a ? A[k * lda + i] : A[i * lda + k]   (the same for B)
  *
- * the contract of runtime/gc_gemm.h's gc_gemm, with the epilogue a functor instead of a
- * callback: after C[r][c] is stored, the thread that computed it calls epilogue(r, c).
+ * the contract of runtime/gc_gemm.h's gc_gemm (alpha = 1: gc_cuda_gemm) and gc_gemm_scaled
+ * (accumulate, alpha = -lr, a fused SGD step: gc_cuda_gemm_scaled), with the epilogue a
+ * functor instead of a callback: after C[r][c] is stored, the thread that computed it
+ * calls epilogue(r, c).
  *
  * Structure: each block computes a BM x BN tile of C with 256 threads; K is walked in
  * steps of BK, the BM x BK slice of op(A) and the BK x BN slice of op(B) are staged in
@@ -34,7 +36,8 @@ struct gc_no_epilogue {
 template <int BM, int BN, int BK, int TM, int TN, class Epilogue>
 static __global__ void __launch_bounds__(GC_GEMM_THREADS)
     gc_gemm_kernel(int trans_a, int trans_b, int M, int N, int K, const GC_REAL *A, int lda,
-                   const GC_REAL *B, int ldb, int accumulate, GC_REAL *C, int ldc, Epilogue epilogue)
+                   const GC_REAL *B, int ldb, int accumulate, GC_REAL alpha, GC_REAL *C, int ldc,
+                   Epilogue epilogue)
 {
     /* one column of padding keeps the transposing stores free of bank conflicts */
     __shared__ GC_REAL As[BK][BM + 1];
@@ -90,7 +93,7 @@ static __global__ void __launch_bounds__(GC_GEMM_THREADS)
             const long c = col0 + tx + j * (BN / TN);
             if (r < M && c < N) {
                 GC_REAL *const out = C + r * ldc + c;
-                *out = accumulate ? *out + acc[i][j] : acc[i][j];
+                *out = accumulate ? *out + alpha * acc[i][j] : alpha * acc[i][j];
                 epilogue(r, c);
             }
         }
@@ -100,14 +103,15 @@ static __global__ void __launch_bounds__(GC_GEMM_THREADS)
 template <int BM, int BN, int BK, int TM, int TN, class Epilogue>
 static cudaError_t gc_gemm_launch(cudaStream_t stream, int trans_a, int trans_b, int M, int N,
                                   int K, const GC_REAL *A, int lda, const GC_REAL *B, int ldb,
-                                  int accumulate, GC_REAL *C, int ldc, const Epilogue &epilogue)
+                                  int accumulate, GC_REAL alpha, GC_REAL *C, int ldc,
+                                  const Epilogue &epilogue)
 {
     static_assert((BM / TM) * (BN / TN) == GC_GEMM_THREADS, "one thread per register block");
     void (*kernel)(int, int, int, int, int, const GC_REAL *, int, const GC_REAL *, int, int,
-                   GC_REAL *, int, Epilogue) = gc_gemm_kernel<BM, BN, BK, TM, TN, Epilogue>;
+                   GC_REAL, GC_REAL *, int, Epilogue) = gc_gemm_kernel<BM, BN, BK, TM, TN, Epilogue>;
     const dim3 grid((unsigned)((N + BN - 1) / BN), (unsigned)((M + BM - 1) / BM));
     GC_LAUNCH(kernel, grid, GC_GEMM_THREADS, 0, stream, trans_a, trans_b, M, N, K, A, lda, B, ldb,
-              accumulate, C, ldc, epilogue);
+              accumulate, alpha, C, ldc, epilogue);
     return cudaGetLastError();
 }
 
@@ -132,23 +136,45 @@ static inline int gc_gemm_tile(int M, int N)
 }
 
 template <class Epilogue>
-static cudaError_t gc_cuda_gemm(cudaStream_t stream, int trans_a, int trans_b, int M, int N, int K,
-                                const GC_REAL *A, int lda, const GC_REAL *B, int ldb,
-                                int accumulate, GC_REAL *C, int ldc, const Epilogue &epilogue)
+static cudaError_t gc_cuda_gemm_alpha(cudaStream_t stream, int trans_a, int trans_b, int M, int N,
+                                      int K, GC_REAL alpha, const GC_REAL *A, int lda,
+                                      const GC_REAL *B, int ldb, int accumulate, GC_REAL *C,
+                                      int ldc, const Epilogue &epilogue)
 {
     if (M <= 0 || N <= 0)
         return cudaSuccess;
     switch (gc_gemm_tile(M, N)) {
     case 0:
         return gc_gemm_launch<128, 128, 8, 8, 8>(stream, trans_a, trans_b, M, N, K, A, lda, B,
-                                                 ldb, accumulate, C, ldc, epilogue);
+                                                 ldb, accumulate, alpha, C, ldc, epilogue);
     case 1:
         return gc_gemm_launch<64, 64, 16, 4, 4>(stream, trans_a, trans_b, M, N, K, A, lda, B, ldb,
-                                                accumulate, C, ldc, epilogue);
+                                                accumulate, alpha, C, ldc, epilogue);
     default:
         return gc_gemm_launch<32, 32, 32, 2, 2>(stream, trans_a, trans_b, M, N, K, A, lda, B, ldb,
-                                                accumulate, C, ldc, epilogue);
+                                                accumulate, alpha, C, ldc, epilogue);
     }
+}
+
+/* C = op(A) . op(B) (+ C when accumulate), then the epilogue. */
+template <class Epilogue>
+static cudaError_t gc_cuda_gemm(cudaStream_t stream, int trans_a, int trans_b, int M, int N, int K,
+                                const GC_REAL *A, int lda, const GC_REAL *B, int ldb,
+                                int accumulate, GC_REAL *C, int ldc, const Epilogue &epilogue)
+{
+    return gc_cuda_gemm_alpha(stream, trans_a, trans_b, M, N, K, (GC_REAL)1, A, lda, B, ldb,
+                              accumulate, C, ldc, epilogue);
+}
+
+/* C += alpha * op(A) . op(B): with C a parameter, its gradient as the product and
+   alpha = -lr, a plain SGD step that never stores the gradient. */
+static inline cudaError_t gc_cuda_gemm_scaled(cudaStream_t stream, int trans_a, int trans_b,
+                                              int M, int N, int K, GC_REAL alpha,
+                                              const GC_REAL *A, int lda, const GC_REAL *B,
+                                              int ldb, GC_REAL *C, int ldc)
+{
+    return gc_cuda_gemm_alpha(stream, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, 1, C, ldc,
+                              gc_no_epilogue());
 }
 
 #endif /* GC_CUDA_GEMM_CUH */

@@ -197,7 +197,7 @@ def test_wide_convolutions_take_the_lane_layouts_only_where_asked():
 
 
 def test_plain_sgd_steps_fold_into_weight_gradient_products():
-    """With ``fuse_steps`` (the C target) and plain SGD, each dense weight's step is its
+    """With ``fuse_steps`` (which ``compile`` sets) and plain SGD, each dense weight's step is its
     gradient product scaled by −lr and added into the weight, and its update kernel is
     gone; biases keep theirs.  Momentum, clipping or no ``fuse_steps`` keep every update."""
 

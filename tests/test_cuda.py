@@ -133,6 +133,8 @@ GRAPHS = {
     "strided": (strided, lambda: gc.SGD(lr=0.05, weight_decay=1e-3)),
     "embedded": (embedded, lambda: gc.AdaGrad(lr=0.1)),
     "recurrent": (recurrent, lambda: gc.Adam(lr=1e-2, clip_norm=1.0)),
+    # plain SGD: the weights' steps are fused into their gradient products
+    "mlp_sgd": (mlp, lambda: gc.SGD(lr=0.1)),
 }
 
 
@@ -209,7 +211,7 @@ def _pair(name: str, target: str, batch_size: int = 4):
 @pytest.mark.parametrize(
     ("graphs", "dtype"),
     [
-        (("mlp", "strided"), "float32"),
+        (("mlp", "strided", "mlp_sgd"), "float32"),
         (("convnet", "embedded"), "float64"),
         (("recurrent",), "float32"),
     ],
@@ -218,7 +220,7 @@ def test_generated_cuda_compiles_with_nvcc(graphs, dtype):
     """Every kernel template, in both dtypes, through nvcc with warnings as errors."""
     for name in graphs:
         build, optimizer = GRAPHS[name]
-        plan, _ = plan_model(build(), 8, dtype, optimizer())
+        plan, _ = plan_model(build(), 8, dtype, optimizer(), fuse_steps=True)
         source, header, cdef = cuda.render_model(plan)
         library = build_cuda(plan.name, source, header, cdef, load=False)
         assert os.path.isfile(library.library_path)
@@ -369,6 +371,7 @@ def test_a_kernel_kind_without_a_cuda_template_is_a_clear_graph_error():
 def test_emulated_cuda_trains_like_c(name):
     reference, model = _pair(name, "cuda-emu")
     assert model._library.target == "cuda-emu" and model.source_path.endswith(".cu")
+    assert ("gc_cuda_gemm_scaled(" in model.source) == (name == "mlp_sgd")
     assert_same_training(reference, model)
 
 
@@ -492,7 +495,8 @@ def _harness(tmp_path_factory, real: str, tile: int):
     ffi = cffi.FFI()
     ffi.cdef(
         "int h_real_size(void); int h_gemm(int, int, int, int, int, const void *, int, "
-        "const void *, int, int, void *, int, int *, void *);"
+        "const void *, int, int, void *, int, int *, void *); int h_gemm_scaled(int, int, "
+        "int, int, int, double, const void *, int, const void *, int, void *, int);"
     )
     return ffi, ffi.dlopen(str(out))
 
@@ -537,6 +541,32 @@ def test_cuda_gemm_every_tile_shape(tmp_path_factory, real, tile):
                 )
                 assert np.all(counts == 1), "each element's epilogue runs exactly once"
                 assert np.array_equal(snapshot, c[:, :n]), "the epilogue sees the finished value"
+
+
+@needs_cxx
+@pytest.mark.parametrize("real", ["float", "double"])
+def test_cuda_gemm_scaled_adds_alpha_times_the_product(tmp_path_factory, real):
+    """gc_cuda_gemm_scaled (a fused SGD step): C += alpha * op(A) op(B), for each layout."""
+    ffi, lib = _harness(tmp_path_factory, real, 2)
+    dtype = np.float32 if real == "float" else np.float64
+    rng = np.random.default_rng(5)
+    tol = 1e-5 if real == "float" else 1e-12
+    for m, n, k in [(1, 1, 1), (37, 45, 29), (5, 6, 0)]:
+        for trans_a in (0, 1):
+            for trans_b in (0, 1):
+                a = rng.normal(size=(k, m) if trans_a else (m, k)).astype(dtype)
+                b = rng.normal(size=(n, k) if trans_b else (k, n)).astype(dtype)
+                c = rng.normal(size=(m, n + 2)).astype(dtype)
+                want = c.copy()
+                op_a, op_b = (a.T if trans_a else a), (b.T if trans_b else b)
+                want[:, :n] += -0.25 * (op_a.astype(np.float64) @ op_b)
+                status = lib.h_gemm_scaled(
+                    trans_a, trans_b, m, n, k, -0.25, ffi.cast("void *", a.ctypes.data),
+                    a.shape[1], ffi.cast("void *", b.ctypes.data), b.shape[1],
+                    ffi.cast("void *", c.ctypes.data), n + 2,
+                )  # fmt: skip
+                assert status == 0
+                assert np.allclose(c, want, rtol=tol, atol=tol * max(k, 1)), (m, n, k)
 
 
 # --- 3. on a GPU ------------------------------------------------------------------------------

@@ -218,7 +218,7 @@ def test_gradients_are_not_clipped(batch) -> None:
 
 
 def test_fused_sgd_step_equals_the_gradient_step(batch) -> None:
-    """Plain SGD on the C target adds −η times each weight gradient's product straight into
+    """Plain SGD adds −η times each weight gradient's product straight into
     the weight, with no stored gradient.  One step must still equal p − η·∂E/∂p for every
     parameter, hidden layers included (whose δ product reads the weight before its step)."""
     x, y = batch

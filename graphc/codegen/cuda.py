@@ -136,9 +136,6 @@ class CudaKernelContexts(KernelContexts):
         return {"index": index, "total": total}
 
     def _layout_gemm(self, ctx: dict[str, Any]) -> dict[str, Any]:
-        if ctx["scale"] is not None:
-            # plan_model fuses SGD steps into products for the C target only
-            raise GraphError(f"{ctx['name']}: the CUDA backend has no fused SGD product")
         if not ctx["epilogue"]:
             return {"epilogue_args": None}
         body = _body_text(ctx, "epilogue")

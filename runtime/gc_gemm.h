@@ -29,8 +29,9 @@
  * results are bit-identical for any number of threads.
  *
  * No allocation: a block of A^T is packed into a per-thread static array (MC x KC:
- * 144 KiB of thread-local storage per thread for float and double alike), and B one
- * micro-panel at a time into a stack array of at most 16 KiB.
+ * 144 KiB of thread-local storage per thread for float and double alike, less where the
+ * source bounds its products' sizes, see GC_GEMM_APACK_M), and B one micro-panel at a
+ * time into a stack array of at most 16 KiB.
  */
 #ifndef GC_GEMM_H
 #define GC_GEMM_H
@@ -153,7 +154,22 @@ typedef void (*gc_gemm_epilogue)(void *ctx, int r0, int nr, int c0, int nc);
 #ifndef GC_GEMM_TLS
 #define GC_GEMM_TLS _Thread_local
 #endif
-static GC_GEMM_TLS GC_REAL gc_gemm_apack[GC_GEMM_MC * GC_GEMM_KC] __attribute__((aligned(64)));
+/* The packed A^T block holds at most MC rows by KC.  A source that knows its products can
+   bound it by their sizes, to shrink every thread's copy: GC_GEMM_APACK_M, the most rows
+   op(A) of a transposed-A product has, and GC_GEMM_APACK_K, its deepest K.  A tile that
+   would not fit is read in place instead, so any bound gives the same results. */
+#if defined(GC_GEMM_APACK_M) && GC_GEMM_APACK_M < GC_GEMM_MC
+#define GC_GEMM_APACK_ROWS ((GC_GEMM_APACK_M + GC_GEMM_MR - 1) / GC_GEMM_MR * GC_GEMM_MR)
+#else
+#define GC_GEMM_APACK_ROWS GC_GEMM_MC
+#endif
+#if defined(GC_GEMM_APACK_K) && GC_GEMM_APACK_K < GC_GEMM_KC
+#define GC_GEMM_APACK_DEPTH GC_GEMM_APACK_K
+#else
+#define GC_GEMM_APACK_DEPTH GC_GEMM_KC
+#endif
+static GC_GEMM_TLS GC_REAL gc_gemm_apack[GC_GEMM_APACK_ROWS * GC_GEMM_APACK_DEPTH]
+    __attribute__((aligned(64)));
 
 static inline int gc_gemm_min(int a, int b)
 {
@@ -466,7 +482,8 @@ static inline void gc_gemm_tiles(int trans_a, int trans_b, int M, int N, int K, 
                 !trans_b && (size_t)kc * nc * sizeof(GC_REAL) <= GC_GEMM_IN_PLACE_BYTES;
             const GC_REAL *a = A + i0 * rs + p0 * cs;
             const int add = accumulate || kb > 0;
-            if (trans_a && nc >= 4 * GC_GEMM_NR) {
+            if (trans_a && nc >= 4 * GC_GEMM_NR && mc <= GC_GEMM_APACK_ROWS &&
+                kc <= GC_GEMM_APACK_DEPTH) {
                 /* Packing A^T pays off once enough B micro-panels reuse it. */
                 gc_gemm_pack_at(a, lda, mc, kc, gc_gemm_apack);
                 gc_gemm_macro(mc, nc, kc, gc_gemm_apack, 1, GC_GEMM_MR, kc, trans_b, B, ldb, p0,

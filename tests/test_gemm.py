@@ -50,6 +50,11 @@ BUILDS = {
     "gcc-portable": ("gcc", ["-O2"]),
     "gcc-scalar-transpose": ("gcc", ["-O2", "-march=native", "-fopenmp", "-DGC_GEMM_NO_SHUFFLE"]),
     "clang-openmp-native": ("clang", ["-O2", "-march=native", "-fopenmp"]),
+    # a model's bound on its packed A^T block, below some SIZES: those tiles read A in place
+    "gcc-apack-bound": (
+        "gcc",
+        ["-O2", "-march=native", "-fopenmp", "-DGC_GEMM_APACK_M=20", "-DGC_GEMM_APACK_K=100"],
+    ),
 }
 
 
@@ -221,6 +226,23 @@ def test_gemm_portable_no_openmp(libs, dtype, ta, tb):
 def test_gemm_clang_openmp(libs, dtype, ta, tb):
     """clang build of the same header agrees with numpy and is deterministic."""
     _check_build(libs, "clang-openmp-native", dtype, ta, tb, [1, 2, 3])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_bounded_apack_gives_the_same_bits(libs, dtype):
+    """With the A^T block bounded (GC_GEMM_APACK_M/_K), tiles too big for it read A^T in
+    place: every product still matches numpy, bit for bit what the unbounded build gives."""
+    _check_build(libs, "gcc-apack-bound", dtype, 1, 0, [1, 2])
+    rng = np.random.default_rng(3)
+    for M, N, K in [(150, 530, 300), (16, 80, 64), (33, 70, 130)]:
+        a = rng.standard_normal((K, M)).astype(dtype)
+        b = rng.standard_normal((K, N)).astype(dtype)
+        c0 = np.zeros((M, N), dtype=dtype)
+        got = [
+            _run(*libs(build, dtype), 1, 0, M, N, K, a, M, b, N, 0, c0, N, 2)[0]
+            for build in ("gcc-apack-bound", "gcc-openmp-native")
+        ]
+        assert got[0].tobytes() == got[1].tobytes(), (M, N, K)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

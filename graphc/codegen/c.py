@@ -529,6 +529,20 @@ def lr_text(plan, printer: CPrinter, counter: str | None = None) -> str | None:
     )
 
 
+def apack_bounds(plan) -> tuple[int, int]:
+    """(rows, depth) of the largest op(A) = Aᵀ any matrix product of the model packs.
+
+    They bound gc_gemm.h's per-thread packing block (``GC_GEMM_APACK_M``/``_K``): every
+    thread of every process that runs the model holds one, zeroed by the loader.
+    """
+    products = [
+        k for p in plan.programs for k in p.kernels if isinstance(k, GemmKernel) and k.trans_a
+    ]
+    rows = max((k.m.at(plan.batch) for k in products), default=1)
+    depth = max((k.k.at(plan.batch) for k in products), default=1)
+    return max(rows, 1), max(depth, 1)
+
+
 def persistent_tensors(plan) -> list[Tensor]:
     """Parameters, then gradients, then optimizer state: the order of NAME_tensor's index."""
     tensors: list[Tensor] = [pp.param for pp in plan.params]
@@ -579,6 +593,7 @@ def render_model(plan) -> tuple[str, str, str]:
     api = api_context(plan, real, programs)
     ctx = {
         **api,
+        "apack": apack_bounds(plan),
         "graph_name": plan.graph_name,
         "dtype": plan.dtype,
         "batch": plan.batch,

@@ -3,6 +3,10 @@
  * (1408 for parameters, gradients, optimizer state and batch slots).
  * Optimizer: Adam(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-08).  Regenerate instead of editing. */
 #define GC_REAL float
+/* the largest transposed A among the matrix products (rows of op(A), depth K): it bounds
+   gc_gemm's per-thread packing block */
+#define GC_GEMM_APACK_M 6
+#define GC_GEMM_APACK_K 4
 #include "gc_runtime.h"
 #include "golden_binary.h"
 

@@ -3,6 +3,10 @@
  * (2176 for parameters, gradients, optimizer state and batch slots).
  * Optimizer: SGD(lr=0.05, momentum=0.9, nesterov=False, weight_decay=0.0).  Regenerate instead of editing. */
 #define GC_REAL float
+/* the largest transposed A among the matrix products (rows of op(A), depth K): it bounds
+   gc_gemm's per-thread packing block */
+#define GC_GEMM_APACK_M 18
+#define GC_GEMM_APACK_K 4
 #include "gc_runtime.h"
 #include "golden_conv.h"
 

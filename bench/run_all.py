@@ -14,7 +14,9 @@ graphc and the peers take turns, and the median of the rounds is printed, with t
 average before and after (on a shared machine, a load well above the benchmark's own
 threads means the figures measure the neighbours) and, after each workload, the FMA rate a
 team of threads gets at that moment (near the peak when each thread has a core of its
-own; about half of it when a virtual machine's host has put two vCPUs on one core).
+own; about half of it when a virtual machine's host has put two vCPUs on one core).  The
+throughput part ends with one line per workload: graphc's rate over the best peer's, and
+whether that meets the issue's target.
 
 Usage (repository root): python bench/run_all.py [--quick] [--threads N] [--repeats R]
                          [--skip compile,memory,...]
@@ -34,10 +36,16 @@ import mlp
 import rnn
 
 WORKLOADS = ("W1", "W2", "W3", "W4")
+#: the issue's targets: graphc's rate over the best peer's (W3's only peer is PyTorch eager,
+#: channels-last; W2's best is JAX's whole-step jit)
+TARGETS = {"W1": 1.3, "W2": 2.0, "W3": 2.0, "W4 RNN": 1.5, "W4 LSTM": 1.5}
 
 
 def row(label: str, rates: dict[str, float], flops: float, peak: float | None, unit: str):
-    """Print graphc's rate, its GFLOP/s and % of peak, then each peer's rate and the ratio."""
+    """Print graphc's rate, its GFLOP/s and % of peak, then each peer's rate and the ratio.
+
+    Returns (best peer, graphc / best peer), or None when no peer is installed.
+    """
     g = rates["graphc"]
     gflops = g * flops / 1e9
     share = f"{100 * gflops / peak:5.1f}%" if peak else "    -"
@@ -45,6 +53,23 @@ def row(label: str, rates: dict[str, float], flops: float, peak: float | None, u
     for name, rate in rates.items():
         if name != "graphc":
             print(f"{'':34} {name:14} {rate:12,.0f} {unit:9} graphc/{name} = {g / rate:5.2f}")
+    peers = {name: rate for name, rate in rates.items() if name != "graphc"}
+    if not peers:
+        return None
+    best = max(peers, key=peers.__getitem__)
+    return best, g / peers[best]
+
+
+def summary(results: dict[str, tuple[str, float] | None]) -> None:
+    """One line per workload: the best peer, the ratio and the issue's target."""
+    print("graphc against the best peer of each workload (this run):")
+    for key, result in results.items():
+        if result is None:
+            print(f"  {key:8} no peer installed")
+            continue
+        best, ratio = result
+        verdict = "met" if ratio >= TARGETS[key] else "NOT met"
+        print(f"  {key:8} {ratio:5.2f} x {best:14} target >= {TARGETS[key]}: {verdict}")
 
 
 def cores(threads: int, peak: float | None) -> None:
@@ -106,26 +131,29 @@ def main() -> None:
     cores(args.threads, peak)
     print()
     workloads = mlp.workloads(args.quick)
-    if "W1" not in skip:
-        w = workloads[0]
-        row(w.label, mlp_rates(w, args.threads, repeats), w.needed_flops_per_sample, peak, "sa/s")
-        cores(args.threads, peak)
-    if "W2" not in skip:
-        w = workloads[1]
-        row(w.label, mlp_rates(w, args.threads, repeats), w.needed_flops_per_sample, peak, "sa/s")
-        cores(args.threads, peak)
+    results: dict[str, tuple[str, float] | None] = {}
+    for key, w in zip(("W1", "W2"), workloads):
+        if key not in skip:
+            rates = mlp_rates(w, args.threads, repeats)
+            results[key] = row(w.label, rates, w.needed_flops_per_sample, peak, "sa/s")
+            cores(args.threads, peak)
     if "W3" not in skip:
         rates = cnn.measure(args.quick, args.threads, repeats)
-        row("W3 LeNet-5 SGD momentum b64", rates, cnn.TRAIN_FLOPS, peak, "sa/s")
+        results["W3"] = row("W3 LeNet-5 SGD momentum b64", rates, cnn.TRAIN_FLOPS, peak, "sa/s")
         cores(args.threads, peak)
     if "W4" not in skip:
         sequences = 256 if args.quick else 1024
         for kind in ("rnn", "lstm"):
             rates = rnn_rates(kind, sequences, args.threads, repeats)
             label = f"W4 {kind.upper()} 65->128 T32 Adam b32"
-            row(label, rates, rnn_flops_per_token(kind), peak, "tokens/s")
+            results[f"W4 {kind.upper()}"] = row(
+                label, rates, rnn_flops_per_token(kind), peak, "tokens/s"
+            )
             cores(args.threads, peak)
     print(f"load average after the throughput runs: {common.load():.2f}")
+    if results:
+        print()
+        summary(results)
     if "compile" not in skip:
         print()
         depths = [8, 16] if args.quick else [8, 16, 32, 64]

@@ -13,7 +13,9 @@ and two stages without graphc, which show how much of the rest is the compiler's
   ctypes    the baseline + ``import ctypes``
   library   + the compiled W1 library (built beforehand) loaded with ctypes (the standard
             library's loader: no C parser at run time) and trained for 2 epochs through its
-            C API (``bench_mlp_train_epoch``), as a program that ships only the library would
+            C API (``bench_mlp_train_epoch``), as a program that ships only the library would;
+            the first epoch on one thread, the second on two, and the resident set after
+            each step is printed too, which splits the stage's memory by what it is for
 
 The budget the issue sets is 1.2 x (parameters + optimizer state + one batch of activations
 and δ's) above the baseline; the table prints that figure and the model's arena beside.
@@ -60,8 +62,14 @@ rng = np.random.default_rng(0)
 X = rng.standard_normal((8192, 784), dtype=np.float32)
 y = rng.integers(0, 10, 8192).astype(np.int32)
 import ctypes
+def mark(step):  # the resident set now: the library stage's breakdown
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            print("rss", int(line.split()[1]) * 1024, step)
+mark("baseline")
 if {load}:
     lib = ctypes.CDLL({path!r})
+    mark("library and libgomp loaded")
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.bench_mlp_create.restype = p
     lib.bench_mlp_tensor.restype = ctypes.POINTER(ctypes.c_float)
@@ -71,18 +79,21 @@ if {load}:
     lib.bench_mlp_train_epoch.restype = ctypes.c_double
     lib.bench_mlp_train_epoch.argtypes = [p, p, p, i64, p, ctypes.c_uint64, ctypes.c_int, p]
     m = lib.bench_mlp_create()
+    mark("model created (arena allocated)")
     for index, (rows, cols) in enumerate([(784, 512), (512, 256), (256, 10)]):
         w = np.ctypeslib.as_array(lib.bench_mlp_tensor(m, 2 * index), (rows * cols,))
         rng.random(dtype=np.float32, out=w)  # in place: no temporaries to count
         w -= 0.5
         w *= 2 * np.sqrt(6.0 / (rows + cols))
-    lib.bench_mlp_set_threads(m, 2)
+    mark("weights written")
     lib.bench_mlp_set_lr(m, 0.01)
     perm = np.empty(8192, dtype=np.int64)
     hits = ctypes.c_double()
-    for epoch in range(2):
+    for epoch in range(2):  # the first epoch on one thread, the second on two
+        lib.bench_mlp_set_threads(m, 1 + epoch)
         loss = lib.bench_mlp_train_epoch(m, X.ctypes.data, y.ctypes.data, 8192,
             perm.ctypes.data, epoch, 1, ctypes.byref(hits))
+        mark(f"epoch {{epoch + 1}} trained on {{epoch + 1}} thread(s)")
     assert loss == loss
 for line in open("/proc/self/status"):
     if line.startswith("VmHWM"):
@@ -118,7 +129,12 @@ def measure() -> dict[str, int]:
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f"memory stage {stage} failed:\n{out.stderr}")
-        result[stage] = int(out.stdout.split()[-1])
+        lines = out.stdout.splitlines()
+        result[stage] = int(lines[-1].split()[1])
+        if index:
+            result["steps"] = [
+                (step, int(rss)) for _, rss, step in (ln.split(" ", 2) for ln in lines[:-1])
+            ]
     return result
 
 
@@ -142,6 +158,12 @@ def print_table(m: dict[str, int]) -> None:
     print(f"{'stage':10} {'peak RSS MiB':>13} {'above baseline MiB':>19}")
     for stage in STAGES + LIBRARY_STAGES:
         print(f"{stage:10} {m[stage] / mib:13.1f} {(m[stage] - base) / mib:19.1f}")
+    if "steps" in m:
+        print("the library stage, step by step (resident set, VmRSS, after each step):")
+        (_, previous), *steps = m["steps"]
+        for step, rss in steps:
+            print(f"  {step:40} {(rss - previous) / mib:+6.2f} MiB")
+            previous = rss
     print(
         f"budget 1.2 x (params + state + activations + δ's) = {m['budget'] / mib:.1f} MiB; "
         f"the model's arena = {m['arena'] / mib:.1f} MiB; training itself added "

@@ -3,7 +3,9 @@
     1. graph (graph.py)        Graph                  -> checked Graph (outputs, loss)
     2. δ pass (autodiff.py)    Graph                  -> Backward: δ and gradient nodes
     3. CSE (passes/cse.py)     forward + backward     -> node -> representative map
-    4. lowering (passes/fuse)  scheduled nodes        -> kernel records, fused
+    4. lowering (passes/fuse)  scheduled nodes        -> kernel records, fused (a softmax
+                                                         cross-entropy reads its softmax
+                                                         kernel's log-sum-exp per row)
     5. optimizer (optim.py)    update rule (sympy)    -> [gradient-norm kernel when clipping,]
                                                          one fused update kernel per parameter
                                                          (plain SGD: folded into weight
@@ -37,12 +39,15 @@ from graphc.kernels import (
     GradNormKernel,
     Kernel,
     Loop,
+    LossKernel,
     ModelPlan,
     ParamPlan,
     Program,
+    SoftmaxKernel,
     Tensor,
 )
 from graphc.ops.loss import LOSS
+from graphc.ops.loss import L as LSE
 from graphc.optim import LR, STEP, G, Optimizer, P
 from graphc.passes.cse import common_subexpressions
 from graphc.passes.fuse import Lowering, TensorTable, operand_symbol
@@ -167,6 +172,44 @@ def _fuse_sgd_steps(
     return kernels, fused
 
 
+def _share_log_sum_exp(
+    kernels: list[Kernel], table: TensorTable, shared: dict[str, tuple[Tensor, str, str]]
+) -> list[Kernel]:
+    """Let a cross-entropy on logits read each row's log-sum-exp from their softmax kernel.
+
+    The loss needs lse = max + log Σ exp(logit − max) per row; the softmax kernel of the
+    same logits has just summed those exponentials, in the same order, so it stores the
+    row's lse and the loss kernel reads it instead of summing them again.  The results
+    are the same to the bit.  ``shared`` keeps, per loss, the lse buffer and the two
+    kernels' names, so that every program gets the same kernels.
+    """
+    kernels = list(kernels)
+    for i, loss in enumerate(kernels):
+        if not isinstance(loss, LossKernel) or loss.logits is None or not loss.term.has(LSE):
+            continue
+        found = [
+            j
+            for j, k in enumerate(kernels[:i])
+            if isinstance(k, SoftmaxKernel)
+            and (k.src.name, k.dst.name) == (loss.logits.name, loss.pred.name)
+        ]
+        if not found:
+            continue
+        softmax = kernels[found[-1]]
+        key = loss.row_loss.name
+        if key not in shared:
+            lse = table.scratch(f"{loss.logits.label}_lse", (loss.rows_per_sample,), True)
+            names = table.namer(f"{softmax.name}_with_lse"), table.namer(f"{loss.name}_from_lse")
+            shared[key] = (lse, *names)
+        lse, softmax_name, loss_name = shared[key]
+        comment = f"{softmax.comment}; {lse.label} = its log-sum-exp per row, for the loss"
+        kernels[found[-1]] = table.distinct(
+            replace(softmax, name=softmax_name, comment=comment, lse=lse)
+        )
+        kernels[i] = table.distinct(replace(loss, name=loss_name, lse=lse))
+    return kernels
+
+
 def _grad_norm_kernel(
     params: list[ParamPlan], max_norm: float, table: TensorTable
 ) -> tuple[GradNormKernel, Tensor]:
@@ -227,6 +270,7 @@ def plan_model(
         table(node)
 
     programs: list[Program] = []
+    shared_lse: dict[str, tuple[Tensor, str, str]] = {}  # see _share_log_sum_exp
     output_nodes = list(graph.outputs.values())
     if output_nodes:
         need = ancestors(output_nodes)
@@ -249,7 +293,7 @@ def plan_model(
             Program(
                 "eval",
                 "Evaluation: the loss (and hits) for n rows.",
-                tuple(lowering.kernels()),
+                tuple(_share_log_sum_exp(lowering.kernels(), table, shared_lse)),
                 inputs,
             )
         )
@@ -272,7 +316,7 @@ def plan_model(
         need = ancestors([graph.loss] + grads)
         schedule = _ordered(graph.nodes, need) + _ordered(backward.nodes, need)
         lowering = Lowering(schedule, set(grads) | {graph.loss}, table, training=True, lanes=lanes)
-        kernels: list[Kernel] = list(lowering.kernels())
+        kernels = _share_log_sum_exp(lowering.kernels(), table, shared_lse)
         inputs = tuple(table(x) for x in graph.inputs if x in need)
         grad_names = frozenset(table(g).name for g in grads)
         programs.append(

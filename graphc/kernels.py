@@ -223,19 +223,21 @@ class ReduceKernel(Kernel):
 
 @dataclass(frozen=True)
 class SoftmaxKernel(Kernel):
-    """Row-wise softmax of ``src`` into ``dst``."""
+    """Row-wise softmax of ``src`` into ``dst``; with ``lse``, each row's log-sum-exp too
+    (for a cross-entropy on the same logits, which then need not sum the exponentials)."""
 
     rows: Dim
     cols: int
     src: Tensor
     dst: Tensor
     template: str = "softmax"
+    lse: Tensor | None = None
 
     def reads(self) -> list[Tensor]:
         return [self.src]
 
     def writes(self) -> list[Tensor]:
-        return [self.dst]
+        return [self.dst] + ([self.lse] if self.lse is not None else [])
 
 
 @dataclass(frozen=True)
@@ -256,9 +258,13 @@ class LossKernel(Kernel):
     accuracy: str | None
     row_loss: Tensor
     template: str = "loss"
+    #: each row's log-sum-exp, written by the softmax kernel of the same logits (else the
+    #: loss kernel computes it)
+    lse: Tensor | None = None
 
     def reads(self) -> list[Tensor]:
-        return [self.pred, self.target] + ([self.logits] if self.logits else [])
+        shared = [self.lse] if self.lse is not None else []
+        return [self.pred, self.target] + ([self.logits] if self.logits else []) + shared
 
     def writes(self) -> list[Tensor]:
         return [self.row_loss]

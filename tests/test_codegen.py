@@ -23,11 +23,12 @@ from graphc.codegen.c import (
     Target,
     barrier_free,
     environment,
+    render_kernel,
     render_model,
     template_variables,
 )
 from graphc.compiler import plan_model
-from graphc.kernels import GemmKernel
+from graphc.kernels import GemmKernel, LossKernel, SoftmaxKernel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -215,6 +216,25 @@ def test_plain_sgd_steps_fold_into_weight_gradient_products():
     assert not plain_fused and kernels == plain_kernels  # the same names, other kernels
     for optimizer in (gc.SGD(0.1, momentum=0.9), gc.SGD(0.1, clip_norm=1.0), gc.Adam()):
         assert updates(optimizer, True) == (set(), plain_kernels)
+
+
+def test_softmax_cross_entropy_reads_the_softmax_kernels_log_sum_exp():
+    """Where a program computes the softmax of the loss's logits, that kernel also stores
+    each row's log-sum-exp and the loss reads it; inference keeps the plain softmax."""
+    plan, _ = plan_model(classifier(), 8, "float32", gc.SGD(0.1))
+    for program in plan.programs:
+        softmaxes = [k for k in program.kernels if isinstance(k, SoftmaxKernel)]
+        losses = [k for k in program.kernels if isinstance(k, LossKernel)]
+        assert len(softmaxes) == 1
+        if program.name == "infer":
+            assert softmaxes[0].lse is None and not losses
+            continue
+        assert softmaxes[0].lse is not None and losses[0].lse == softmaxes[0].lse
+        assert program.kernels.index(softmaxes[0]) < program.kernels.index(losses[0])
+    env = environment()
+    contexts = KernelContexts(Target(real="float"), "float32")
+    loss_text = render_kernel(env, contexts.context(losses[0]))
+    assert "gc_expf" not in loss_text and "logits_lse[r]" in loss_text
 
 
 def test_every_kernel_template_is_checked_against_a_context():

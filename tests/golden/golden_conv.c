@@ -148,20 +148,37 @@ static void k_softmax(const int n, const float *restrict out, float *restrict so
 }
 
 
-/* softmax_cross_entropy = mean over the batch of sum over units of -T*log(O) */
+/* softmax = softmax(out) over the last axis; out_lse = its log-sum-exp per row, for the loss */
 
-static void k_softmax_cross_entropy(const int n, const float *restrict softmax, const int32_t *restrict y, const float *restrict out, float *restrict softmax_cross_entropy_rows, double *loss, double *correct)
+static void k_softmax_with_lse(const int n, const float *restrict out, float *restrict softmax, float *restrict out_lse)
 {
     #pragma omp for schedule(static)
     for (long r = 0; r < n; ++r) {
-        const float *restrict gc_row = out + r * 3;
-        float top = gc_row[0];
+        const float *restrict gc_in = out + r * 3;
+        float *restrict gc_out = softmax + r * 3;
+        float top = gc_in[0];
         for (int c = 1; c < 3; ++c)
-            top = gc_row[c] > top ? gc_row[c] : top;
-        float total = 0;
+            top = gc_in[c] > top ? gc_in[c] : top;
+        float total = 0.0F;
+        for (int c = 0; c < 3; ++c) {
+            gc_out[c] = gc_expf(gc_in[c] - top);
+            total += gc_out[c];
+        }
+        out_lse[r] = top + logf(total);  /* the row's log-sum-exp, for the loss */
+        const float scale = 1.0F / total;
         for (int c = 0; c < 3; ++c)
-            total += gc_expf(gc_row[c] - top);
-        const float lse = top + logf(total);
+            gc_out[c] *= scale;
+    }
+}
+
+
+/* softmax_cross_entropy = mean over the batch of sum over units of -T*log(O) */
+
+static void k_softmax_cross_entropy_from_lse(const int n, const float *restrict softmax, const int32_t *restrict y, const float *restrict out, const float *restrict out_lse, float *restrict softmax_cross_entropy_rows, double *loss, double *correct)
+{
+    #pragma omp for schedule(static)
+    for (long r = 0; r < n; ++r) {
+        const float lse = out_lse[r];  /* from the softmax kernel */
         double sum = 0.0;
         for (int c = 0; c < 3; ++c) {
             sum += (c == y[r] ? 1.0F : 0.0F)*(lse - out[r * 3 + c]);
@@ -455,13 +472,14 @@ static void eval_program(golden_conv_model *m, const int n, const float *restric
     float *const out_b = (float *)(arena + 1344);  /* out.b (3) */
     float *const out = (float *)(arena + 2176);  /* out (batch, 3) */
     float *const softmax = (float *)(arena + 2240);  /* softmax (batch, 3) */
-    float *const softmax_cross_entropy_rows = (float *)(arena + 2304);  /* softmax_cross_entropy_rows (batch, 1) */
+    float *const out_lse = (float *)(arena + 2304);  /* out_lse (batch, 1) */
+    float *const softmax_cross_entropy_rows = (float *)(arena + 2368);  /* softmax_cross_entropy_rows (batch, 1) */
 
     k_conv_conv(n, x, conv_W, conv_conv_padded_input, conv_b, conv);
     k_pool(n, conv, pool);
     k_out(n, pool, out_W, out_b, out);
-    k_softmax(n, out, softmax);
-    k_softmax_cross_entropy(n, softmax, y, out, softmax_cross_entropy_rows, &m->loss, &m->correct);
+    k_softmax_with_lse(n, out, softmax, out_lse);
+    k_softmax_cross_entropy_from_lse(n, softmax, y, out, out_lse, softmax_cross_entropy_rows, &m->loss, &m->correct);
 }
 
 /* Gradients: forward and δ pass for n rows, no update. Every thread of the team runs this function; each kernel shares out its loop. */
@@ -477,7 +495,8 @@ static void grad_program(golden_conv_model *m, const int n, const float *restric
     float *const out_b = (float *)(arena + 1344);  /* out.b (3) */
     float *const out = (float *)(arena + 3648);  /* out (batch, 3) */
     float *const softmax = (float *)(arena + 3712);  /* softmax (batch, 3) */
-    float *const softmax_cross_entropy_rows = (float *)(arena + 3776);  /* softmax_cross_entropy_rows (batch, 1) */
+    float *const out_lse = (float *)(arena + 3776);  /* out_lse (batch, 1) */
+    float *const softmax_cross_entropy_rows = (float *)(arena + 3840);  /* softmax_cross_entropy_rows (batch, 1) */
     float *const delta_out = (float *)(arena + 3648);  /* delta_out (batch, 3) */
     float *const grad_out_b = (float *)(arena + 1408);  /* grad_out.b (3) */
     float *const d_reshape = (float *)(arena + 5632);  /* d_reshape (batch, 18) */
@@ -492,8 +511,8 @@ static void grad_program(golden_conv_model *m, const int n, const float *restric
     k_conv_conv(n, x, conv_W, conv_conv_padded_input, conv_b, conv);
     k_pool(n, conv, pool);
     k_out(n, pool, out_W, out_b, out);
-    k_softmax(n, out, softmax);
-    k_softmax_cross_entropy(n, softmax, y, out, softmax_cross_entropy_rows, &m->loss, &m->correct);
+    k_softmax_with_lse(n, out, softmax, out_lse);
+    k_softmax_cross_entropy_from_lse(n, softmax, y, out, out_lse, softmax_cross_entropy_rows, &m->loss, &m->correct);
     k_delta_out(n, softmax, y, delta_out);
     k_grad_out_b(n, delta_out, grad_out_b);
     k_d_reshape(n, delta_out, out_W, d_reshape);
@@ -516,7 +535,8 @@ static void train_program(golden_conv_model *m, const int n, const float *restri
     float *const out_b = (float *)(arena + 1344);  /* out.b (3) */
     float *const out = (float *)(arena + 3648);  /* out (batch, 3) */
     float *const softmax = (float *)(arena + 3712);  /* softmax (batch, 3) */
-    float *const softmax_cross_entropy_rows = (float *)(arena + 3776);  /* softmax_cross_entropy_rows (batch, 1) */
+    float *const out_lse = (float *)(arena + 3776);  /* out_lse (batch, 1) */
+    float *const softmax_cross_entropy_rows = (float *)(arena + 3840);  /* softmax_cross_entropy_rows (batch, 1) */
     float *const delta_out = (float *)(arena + 3648);  /* delta_out (batch, 3) */
     float *const grad_out_b = (float *)(arena + 1408);  /* grad_out.b (3) */
     float *const d_reshape = (float *)(arena + 5632);  /* d_reshape (batch, 18) */
@@ -535,8 +555,8 @@ static void train_program(golden_conv_model *m, const int n, const float *restri
     k_conv_conv(n, x, conv_W, conv_conv_padded_input, conv_b, conv);
     k_pool(n, conv, pool);
     k_out(n, pool, out_W, out_b, out);
-    k_softmax(n, out, softmax);
-    k_softmax_cross_entropy(n, softmax, y, out, softmax_cross_entropy_rows, &m->loss, &m->correct);
+    k_softmax_with_lse(n, out, softmax, out_lse);
+    k_softmax_cross_entropy_from_lse(n, softmax, y, out, out_lse, softmax_cross_entropy_rows, &m->loss, &m->correct);
     k_delta_out(n, softmax, y, delta_out);
     k_grad_out_b(n, delta_out, grad_out_b);
     k_d_reshape(n, delta_out, out_W, d_reshape);
@@ -605,14 +625,14 @@ double golden_conv_train_step(golden_conv_model *m, const float *x, const int32_
 {
     m->step += 1;
     m->lr_now = m->lr;
-    #pragma omp parallel num_threads(m->threads) if (390.0 + 3408.0 * n >= GC_TEAM_FLOPS)
+    #pragma omp parallel num_threads(m->threads) if (390.0 + 3410.0 * n >= GC_TEAM_FLOPS)
     train_program(m, n, x, y);
     return m->loss;
 }
 
 double golden_conv_gradients(golden_conv_model *m, const float *x, const int32_t *y, int n)
 {
-    #pragma omp parallel num_threads(m->threads) if (5.0 + 3408.0 * n >= GC_TEAM_FLOPS)
+    #pragma omp parallel num_threads(m->threads) if (5.0 + 3410.0 * n >= GC_TEAM_FLOPS)
     grad_program(m, n, x, y);
     return m->loss;
 }
@@ -643,7 +663,7 @@ double golden_conv_evaluate(golden_conv_model *m, const float *x, const int32_t 
     double total = 0.0, right = 0.0;
     for (int64_t start = 0; start < count; start += BATCH) {
         const int n = (int)(count - start < BATCH ? count - start : BATCH);
-        #pragma omp parallel num_threads(m->threads) if (0.0 + 1508.0 * n >= GC_TEAM_FLOPS)
+        #pragma omp parallel num_threads(m->threads) if (0.0 + 1510.0 * n >= GC_TEAM_FLOPS)
         eval_program(m, n, x + (size_t)start * 36, y + (size_t)start * 1);
         total += m->loss * n;
         right += m->correct;

@@ -165,6 +165,7 @@ def _fuse_sgd_steps(
             comment=f"SGD step of {label} fused into its gradient's product: "
             f"{label} -= lr * ({product.comment.split(' = ', 1)[-1]})",
             c=pp.param,
+            accumulate=True,
             scale=-sp.Symbol("lr"),
         )
         kernels.insert(max([writers[0]] + [i + 1 for i in after]), step)

@@ -169,9 +169,9 @@ class Epilogue:
 class GemmKernel(Kernel):
     """C = op(A) . op(B) (+ C), with an optional fused epilogue.
 
-    With ``scale`` (an expression of the step's learning rate ``lr``, e.g. -lr), the
-    kernel computes C += scale * op(A) . op(B) instead: a plain SGD step fused into the
-    weight gradient's product, so that the gradient is never stored.
+    With ``scale`` (an expression of the step's learning rate ``lr``, e.g. -lr, and
+    ``accumulate`` set), the kernel computes C += scale * op(A) . op(B): a plain SGD step
+    fused into the weight gradient's product, so that the gradient is never stored.
     """
 
     trans_a: bool
@@ -192,8 +192,7 @@ class GemmKernel(Kernel):
 
     def reads(self) -> list[Tensor]:
         extra = [a.tensor for a in self.epilogue.operands] if self.epilogue else []
-        summed = self.accumulate or self.scale is not None
-        return [self.a, self.b] + extra + ([self.c] if summed else [])
+        return [self.a, self.b] + extra + ([self.c] if self.accumulate else [])
 
     def writes(self) -> list[Tensor]:
         extra = [a.target.tensor for a in self.epilogue.assigns] if self.epilogue else []

@@ -318,8 +318,9 @@ static inline void gc_gemm_pack_at(const GC_REAL *a, int lda, int mc, int kc,
    a(r,k) = a[r*rs + k*cs] (in place in A, or a packed micro-panel with rs = 1,
    cs = MR) and b(k,:) = b[k*bs .. k*bs + NR) (a packed micro-panel, bs = NR, or full
    NR columns of row-major B read in place, bs = ldb).  Then C = alpha * acc, or
-   C += alpha * acc when add (alpha = 1 leaves acc exact: 1 * acc = acc).  Only the top-left mr x nr part is written; rows past mr re-read row mr-1
-   (valid memory) and are discarded. */
+   C += alpha * acc when add (alpha = 1 leaves acc exact: 1 * acc = acc).  Only the
+   top-left mr x nr part is written; rows past mr re-read row mr-1 (valid memory) and
+   are discarded. */
 static inline void gc_gemm_micro(int kc, const GC_REAL *a, ptrdiff_t rs, ptrdiff_t cs,
                                  const GC_REAL *restrict b, ptrdiff_t bs, GC_REAL *restrict c,
                                  int ldc, int mr, int nr, int add, GC_REAL alpha)

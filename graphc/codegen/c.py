@@ -346,7 +346,7 @@ class KernelContexts:
             "src": owner(k.src),
             "dst": owner(k.dst),
             "lse": owner(k.lse) if k.lse is not None else None,
-            "log": f"log{'f' if p.dtype == 'float32' else ''}",
+            "log": p.log_name,
             "exp": p.exp_name,
             "zero": p.doprint(sp.Float(0.0)),
             "one": p.doprint(sp.Float(1.0)),
@@ -366,7 +366,6 @@ class KernelContexts:
             subs[I] = sp.Symbol(f"{owner(k.logits)}[r * {k.cols} + c]")
         temps, (term,) = cse_block([k.term.xreplace(subs)], p)
         params, args = signature(k, self.target.real, True)
-        suffix = "f" if p.dtype == "float32" else ""
         truth = None
         if k.accuracy == "argmax":
             truth = f"{owner(k.target)}[r]" if k.target_onehot else None
@@ -386,7 +385,7 @@ class KernelContexts:
             "accuracy": k.accuracy,
             "label": truth,
             "exp": p.exp_name,
-            "log": f"log{suffix}",
+            "log": p.log_name,
             "half": p.doprint(sp.Float(0.5)),
         }
 

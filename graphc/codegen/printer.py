@@ -28,6 +28,11 @@ class CPrinter(C99CodePrinter):
         """The C function this printer calls for e^x."""
         return self.doprint(sp.exp(sp.Symbol("x"))).split("(")[0]
 
+    @property
+    def log_name(self) -> str:
+        """The C function this printer calls for ln x."""
+        return self.doprint(sp.log(sp.Symbol("x"))).split("(")[0]
+
     def _print_Pow(self, expr: sp.Pow) -> str:
         base, exp = expr.base, expr.exp
         if exp.is_Integer and 2 <= int(exp) <= 4:

@@ -6,6 +6,7 @@
  *
  *     C[M x N] = op(A)[M x K] . op(B)[K x N]   (+ C when accumulate)
  *     C[M x N] += alpha * op(A) . op(B)          (gc_gemm_scaled: a fused SGD step)
+ *     either, with A's rows gathered by an index  (gc_gemm_gather: a shuffled batch)
  *
  * Structure (Goto/BLIS blocking):
  *   - C is cut into tiles of whole micro-tiles (at most GC_GEMM_MC x GC_GEMM_NC);
@@ -41,6 +42,7 @@
 #endif
 
 #include <stddef.h>
+#include <stdint.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -306,6 +308,24 @@ static inline void gc_gemm_pack_at(const GC_REAL *a, int lda, int mc, int kc,
     }
 }
 
+/* Pack an mc x kc block of op(A) = A^T whose k are gathered rows of A: op(A)[i0 + i][p0 + k]
+   = A[rows[p0 + k] * lda + i0 + i], into the micro-panels of gc_gemm_pack_at (each gathered
+   row gives one k-slice of every micro-panel).  Rows past mc are left unset. */
+static inline void gc_gemm_pack_at_gathered(const GC_REAL *A, const int64_t *rows, int lda,
+                                            int i0, int p0, int mc, int kc,
+                                            GC_REAL *restrict dst)
+{
+    for (int k = 0; k < kc; k++) {
+        const GC_REAL *s = A + (size_t)rows[p0 + k] * lda + i0;
+        for (int ir = 0; ir < mc; ir += GC_GEMM_MR) {
+            const int mr = gc_gemm_min(GC_GEMM_MR, mc - ir);
+            GC_REAL *restrict d = dst + (size_t)ir * kc + (size_t)k * GC_GEMM_MR;
+            for (int r = 0; r < mr; r++)
+                d[r] = s[ir + r];
+        }
+    }
+}
+
 #if GC_GEMM_MR == 8
 #define GC_GEMM_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 #elif GC_GEMM_MR == 6
@@ -316,18 +336,21 @@ static inline void gc_gemm_pack_at(const GC_REAL *a, int lda, int mc, int kc,
 
 /* One MR x NR micro-tile: acc = sum_k a(:,k) b(k,:) in increasing k, where
    a(r,k) = a[r*rs + k*cs] (in place in A, or a packed micro-panel with rs = 1,
-   cs = MR) and b(k,:) = b[k*bs .. k*bs + NR) (a packed micro-panel, bs = NR, or full
+   cs = MR), or a(r,k) = ap[r][k] when ap (MR pointers to gathered rows of A) is given,
+   and b(k,:) = b[k*bs .. k*bs + NR) (a packed micro-panel, bs = NR, or full
    NR columns of row-major B read in place, bs = ldb).  Then C = alpha * acc, or
    C += alpha * acc when add (alpha = 1 leaves acc exact: 1 * acc = acc).  Only the
-   top-left mr x nr part is written; rows past mr re-read row mr-1 (valid memory) and
-   are discarded. */
-static inline void gc_gemm_micro(int kc, const GC_REAL *a, ptrdiff_t rs, ptrdiff_t cs,
-                                 const GC_REAL *restrict b, ptrdiff_t bs, GC_REAL *restrict c,
-                                 int ldc, int mr, int nr, int add, GC_REAL alpha)
+   top-left mr x nr part is written; rows past mr re-read row mr-1 (valid memory; ap
+   repeats it) and are discarded.  Always inlined, so that each call site's code is
+   specialized for its ap: a NULL one keeps the strided rows' cheaper addressing. */
+__attribute__((always_inline)) static inline void
+gc_gemm_micro(int kc, const GC_REAL *a, ptrdiff_t rs, const GC_REAL *const *ap, ptrdiff_t cs,
+              const GC_REAL *restrict b, ptrdiff_t bs, GC_REAL *restrict c, int ldc, int mr,
+              int nr, int add, GC_REAL alpha)
 {
 #define GC_GEMM_INIT(r)                        \
     gc_gemm_vec c##r##0 = {0}, c##r##1 = {0};  \
-    const GC_REAL *a##r = a + ((r) < mr ? (r) : mr - 1) * rs;
+    const GC_REAL *a##r = ap ? ap[r] : a + ((r) < mr ? (r) : mr - 1) * rs;
     GC_GEMM_ROWS(GC_GEMM_INIT)
 #undef GC_GEMM_INIT
     const ptrdiff_t kend = (ptrdiff_t)kc * cs;
@@ -382,14 +405,15 @@ static inline void gc_gemm_micro(int kc, const GC_REAL *a, ptrdiff_t rs, ptrdiff
 
 /* All micro-tiles of one mc x nc tile for one K block: a points at op(A)[i0][p0]
    with strides rs between rows and cs between k inside a micro-panel and ps * MR
-   between micro-panels (ps = rs in place, kc packed).  op(B)[p0..p0+kc) x
+   between micro-panels (ps = rs in place, kc packed); or, with arows (in place, cs = 1),
+   op(A)'s row i0 + i is at a + arows[i] * rs.  op(B)[p0..p0+kc) x
    [j0..j0+nc) is taken one micro-panel of NR columns at a time: read where it is
    when in_place (row-major B) and the micro-panel is whole, else packed into the
    stack first; then every micro-tile of that column strip uses it while it is hot. */
 static inline void gc_gemm_macro(int mc, int nc, int kc, const GC_REAL *a, ptrdiff_t rs,
-                                 ptrdiff_t cs, ptrdiff_t ps, int trans_b, const GC_REAL *B,
-                                 int ldb, int p0, int j0, int in_place, GC_REAL *c, int ldc,
-                                 int add, GC_REAL alpha)
+                                 ptrdiff_t cs, ptrdiff_t ps, const int64_t *arows, int trans_b,
+                                 const GC_REAL *B, int ldb, int p0, int j0, int in_place,
+                                 GC_REAL *c, int ldc, int add, GC_REAL alpha)
 {
     GC_REAL strip[GC_GEMM_KC * GC_GEMM_NR] __attribute__((aligned(64)));
     for (int jr = 0; jr < nc; jr += GC_GEMM_NR) {
@@ -404,8 +428,15 @@ static inline void gc_gemm_macro(int mc, int nc, int kc, const GC_REAL *a, ptrdi
         }
         for (int ir = 0; ir < mc; ir += GC_GEMM_MR) {
             const int mr = gc_gemm_min(GC_GEMM_MR, mc - ir);
-            gc_gemm_micro(kc, a + ir * ps, rs, cs, b, bs, c + (size_t)ir * ldc + jr, ldc, mr,
-                          nr, add, alpha);
+            GC_REAL *ct = c + (size_t)ir * ldc + jr;
+            if (arows) {
+                const GC_REAL *ap[GC_GEMM_MR];
+                for (int r = 0; r < GC_GEMM_MR; r++)
+                    ap[r] = a + arows[ir + (r < mr ? r : mr - 1)] * rs;
+                gc_gemm_micro(kc, NULL, 0, ap, cs, b, bs, ct, ldc, mr, nr, add, alpha);
+            } else {
+                gc_gemm_micro(kc, a + ir * ps, rs, NULL, cs, b, bs, ct, ldc, mr, nr, add, alpha);
+            }
         }
     }
 }
@@ -436,7 +467,8 @@ static inline void gc_gemm_grid(int mpanels, int npanels, int nthreads, int *gm,
    once all of C is done; gc_gemm_nowait once this thread's tiles are (the caller knows
    nothing before the next barrier needs the rest). */
 static inline void gc_gemm_tiles(int trans_a, int trans_b, int M, int N, int K, const GC_REAL *A,
-                                 int lda, const GC_REAL *B, int ldb, int accumulate,
+                                 const int64_t *arows, int lda, const GC_REAL *B, int ldb,
+                                 int accumulate,
                                  GC_REAL alpha, GC_REAL *C, int ldc, gc_gemm_epilogue epilogue,
                                  void *ctx)
 {
@@ -483,15 +515,25 @@ static inline void gc_gemm_tiles(int trans_a, int trans_b, int M, int N, int K, 
                 !trans_b && (size_t)kc * nc * sizeof(GC_REAL) <= GC_GEMM_IN_PLACE_BYTES;
             const GC_REAL *a = A + i0 * rs + p0 * cs;
             const int add = accumulate || kb > 0;
-            if (trans_a && nc >= 4 * GC_GEMM_NR && mc <= GC_GEMM_APACK_ROWS &&
-                kc <= GC_GEMM_APACK_DEPTH) {
+            if (arows && !trans_a) {
+                /* gathered rows, read in place one row pointer each */
+                gc_gemm_macro(mc, nc, kc, A + p0, lda, 1, lda, arows + i0, trans_b, B, ldb, p0,
+                              j0, in_place, ct, ldc, add, alpha);
+            } else if (arows) {
+                /* A^T over gathered rows has no stride along k: always packed (the block
+                   fits, see gc_gemm_gather) */
+                gc_gemm_pack_at_gathered(A, arows, lda, i0, p0, mc, kc, gc_gemm_apack);
+                gc_gemm_macro(mc, nc, kc, gc_gemm_apack, 1, GC_GEMM_MR, kc, NULL, trans_b, B, ldb,
+                              p0, j0, in_place, ct, ldc, add, alpha);
+            } else if (trans_a && nc >= 4 * GC_GEMM_NR && mc <= GC_GEMM_APACK_ROWS &&
+                       kc <= GC_GEMM_APACK_DEPTH) {
                 /* Packing A^T pays off once enough B micro-panels reuse it. */
                 gc_gemm_pack_at(a, lda, mc, kc, gc_gemm_apack);
-                gc_gemm_macro(mc, nc, kc, gc_gemm_apack, 1, GC_GEMM_MR, kc, trans_b, B, ldb, p0,
-                              j0, in_place, ct, ldc, add, alpha);
+                gc_gemm_macro(mc, nc, kc, gc_gemm_apack, 1, GC_GEMM_MR, kc, NULL, trans_b, B, ldb,
+                              p0, j0, in_place, ct, ldc, add, alpha);
             } else {
-                gc_gemm_macro(mc, nc, kc, a, rs, cs, rs, trans_b, B, ldb, p0, j0, in_place, ct,
-                              ldc, add, alpha);
+                gc_gemm_macro(mc, nc, kc, a, rs, cs, rs, NULL, trans_b, B, ldb, p0, j0, in_place,
+                              ct, ldc, add, alpha);
             }
         }
         if (epilogue)
@@ -503,8 +545,8 @@ static inline void gc_gemm(int trans_a, int trans_b, int M, int N, int K, const 
                            int lda, const GC_REAL *B, int ldb, int accumulate, GC_REAL *C,
                            int ldc, gc_gemm_epilogue epilogue, void *ctx)
 {
-    gc_gemm_tiles(trans_a, trans_b, M, N, K, A, lda, B, ldb, accumulate, 1, C, ldc, epilogue,
-                  ctx);
+    gc_gemm_tiles(trans_a, trans_b, M, N, K, A, NULL, lda, B, ldb, accumulate, 1, C, ldc,
+                  epilogue, ctx);
     GC_GEMM_BARRIER
 }
 
@@ -513,8 +555,8 @@ static inline void gc_gemm_nowait(int trans_a, int trans_b, int M, int N, int K,
                                   int accumulate, GC_REAL *C, int ldc, gc_gemm_epilogue epilogue,
                                   void *ctx)
 {
-    gc_gemm_tiles(trans_a, trans_b, M, N, K, A, lda, B, ldb, accumulate, 1, C, ldc, epilogue,
-                  ctx);
+    gc_gemm_tiles(trans_a, trans_b, M, N, K, A, NULL, lda, B, ldb, accumulate, 1, C, ldc,
+                  epilogue, ctx);
 }
 
 /* C += alpha * op(A) . op(B), then a barrier when wait.  With C a parameter, its
@@ -524,7 +566,28 @@ static inline void gc_gemm_scaled(int trans_a, int trans_b, int M, int N, int K,
                                   const GC_REAL *A, int lda, const GC_REAL *B, int ldb,
                                   GC_REAL *C, int ldc, int wait)
 {
-    gc_gemm_tiles(trans_a, trans_b, M, N, K, A, lda, B, ldb, 1, alpha, C, ldc, NULL, NULL);
+    gc_gemm_tiles(trans_a, trans_b, M, N, K, A, NULL, lda, B, ldb, 1, alpha, C, ldc, NULL,
+                  NULL);
+    if (wait) {
+        GC_GEMM_BARRIER
+    }
+}
+
+/* C = alpha * op(A) . op(B) (+ C when accumulate), with the rows of the stored A gathered:
+   row r of A (M x K, or K x M when trans_a) starts at A + arows[r] * lda, so a batch of
+   shuffled training rows is read where it lies, with no copy.  arows NULL reads A as
+   gc_gemm does.  The result is bit-identical to gc_gemm's on a copy of the gathered rows
+   (the same FMA chains; only where A is read from differs).  Gathered rows of A are read
+   in place; a gathered A^T is always packed, so a source that bounds the packing block
+   (GC_GEMM_APACK_M/_K) counts its gathered A^T products in those bounds, as it does the
+   others.  Then a barrier when wait. */
+static inline void gc_gemm_gather(int trans_a, int trans_b, int M, int N, int K, GC_REAL alpha,
+                                  const GC_REAL *A, const int64_t *arows, int lda,
+                                  const GC_REAL *B, int ldb, int accumulate, GC_REAL *C, int ldc,
+                                  gc_gemm_epilogue epilogue, void *ctx, int wait)
+{
+    gc_gemm_tiles(trans_a, trans_b, M, N, K, A, arows, lda, B, ldb, accumulate, alpha, C, ldc,
+                  epilogue, ctx);
     if (wait) {
         GC_GEMM_BARRIER
     }

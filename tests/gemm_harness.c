@@ -3,7 +3,8 @@
  * plain serial code when nthreads == 0); its epilogue counts how often each C
  * element is handed over and snapshots the tile, so the test can check that every
  * element is covered exactly once and was final when the epilogue saw it.
- * h_gemm_scaled runs gc_gemm_scaled (C += alpha * op(A) op(B)) the same way. */
+ * h_gemm_scaled runs gc_gemm_scaled (C += alpha * op(A) op(B)) the same way, and
+ * h_gemm_gather gc_gemm_gather (A's rows gathered by an index). */
 #ifndef GC_REAL
 #define GC_REAL float
 #endif
@@ -22,6 +23,11 @@ int h_openmp(void);
 void h_gemm(int trans_a, int trans_b, int m, int n, int k, const void *a, int lda, const void *b,
             int ldb, int accumulate, void *c, int ldc, int nthreads, int *counts,
             void *snapshot);
+void h_gemm_scaled(int trans_a, int trans_b, int m, int n, int k, double alpha, const void *a,
+                   int lda, const void *b, int ldb, void *c, int ldc, int nthreads);
+void h_gemm_gather(int trans_a, int trans_b, int m, int n, int k, double alpha, const void *a,
+                   const int64_t *rows, int lda, const void *b, int ldb, int accumulate, void *c,
+                   int ldc, int nthreads);
 
 static void h_epilogue(void *p, int r0, int nr, int c0, int nc)
 {
@@ -85,5 +91,23 @@ void h_gemm_scaled(int trans_a, int trans_b, int m, int n, int k, double alpha, 
     {
         gc_gemm_scaled(trans_a, trans_b, m, n, k, (GC_REAL)alpha, (const GC_REAL *)a, lda,
                        (const GC_REAL *)b, ldb, (GC_REAL *)c, ldc, 1);
+    }
+}
+
+void h_gemm_gather(int trans_a, int trans_b, int m, int n, int k, double alpha, const void *a,
+                   const int64_t *rows, int lda, const void *b, int ldb, int accumulate, void *c,
+                   int ldc, int nthreads)
+{
+    if (nthreads <= 0) {
+        gc_gemm_gather(trans_a, trans_b, m, n, k, (GC_REAL)alpha, (const GC_REAL *)a, rows, lda,
+                       (const GC_REAL *)b, ldb, accumulate, (GC_REAL *)c, ldc, NULL, NULL, 1);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads)
+#endif
+    {
+        gc_gemm_gather(trans_a, trans_b, m, n, k, (GC_REAL)alpha, (const GC_REAL *)a, rows, lda,
+                       (const GC_REAL *)b, ldb, accumulate, (GC_REAL *)c, ldc, NULL, NULL, 1);
     }
 }

@@ -189,6 +189,52 @@ def test_fit_with_a_last_partial_batch_equals_train_steps():
     assert history["loss"][0] == pytest.approx(expected, rel=1e-12)
 
 
+def test_an_epoch_reads_shuffled_rows_in_place_like_train_steps():
+    """x is read only by matrix products, so an epoch hands them the rows of the caller's x
+    through its permutation (no copy of the batch): the same parameters, to the bit, as
+    train_step on copies of the batches in that order.  The labels are copied."""
+    from graphc.codegen.c import gathered_inputs
+
+    rows = 2 * BATCH + 3
+    x, labels = _blobs(rows, seed=8)
+    x = x.astype(np.float64)  # the C entry point takes the model's type as it is
+    g = _classifier("fit_gathered")
+    a = gc.compile(g, batch_size=BATCH, dtype="float64", optimizer=gc.SGD(0.1), seed=2)
+    b = gc.compile(g, batch_size=BATCH, dtype="float64", optimizer=gc.SGD(0.1), seed=2)
+    assert gathered_inputs(a.plan) == {"x"}
+    assert "gc_gemm_gather(0, 0, n, 7, 5, 1, x, x_rows, 5," in a.source
+    perm = np.empty(rows, dtype=np.int64)
+    hits = a._ffi.new("double *")
+    tensors = a._program_inputs("train")
+    args = a._c_args([x, labels], tensors)
+    loss = a._call("train_epoch", a._handle, *args, rows, a._ptr(perm, "int64_t"), 9, 1, hits)
+    assert sorted(perm) == list(range(rows)) and list(perm) != list(range(rows))
+    losses = [
+        b.train_step(x[perm[s : s + BATCH]], labels[perm[s : s + BATCH]])
+        for s in range(0, rows, BATCH)
+    ]
+    for name, value in a.params.items():
+        np.testing.assert_array_equal(value, b.params[name])
+    sizes = [BATCH, BATCH, rows - 2 * BATCH]
+    assert loss == pytest.approx(sum(v * n for v, n in zip(losses, sizes)) / rows, rel=1e-12)
+
+
+def test_an_input_read_by_more_than_products_is_copied():
+    """An autoencoder's input is also its loss's target: its batch is copied, not gathered."""
+    from graphc.codegen.c import gathered_inputs
+
+    g = gc.Graph("ae_copied")
+    x = g.input("x", N_IN)
+    code = gc.dense(x, 2, activation="tanh", name="code")
+    g.minimize(gc.mse(gc.dense(code, N_IN, name="decoded"), x))
+    model = gc.compile(g, batch_size=BATCH, dtype="float64", optimizer=gc.SGD(0.1), seed=2)
+    assert gathered_inputs(model.plan) == frozenset()
+    assert "gc_gemm_gather" not in model.source
+    data, _ = _blobs(2 * BATCH + 3, seed=9)
+    history = model.fit(data, epochs=30, seed=4)
+    assert history["loss"][-1] < history["loss"][0]
+
+
 def test_fit_shuffles_reproducibly():
     x, labels = _blobs(3 * BATCH + 1, seed=7)
     g = _classifier("fit_shuffle")

@@ -52,7 +52,7 @@ REDUCE_BLOCK = 16
 def environment() -> jinja2.Environment:
     """The Jinja2 environment all backends share (one per process: it keeps the compiled
     templates, and compiling them costs more than rendering a whole model)."""
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -60,6 +60,8 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
+    env.filters["rows_name"] = rows_name
+    return env
 
 
 @dataclass(frozen=True)
@@ -150,11 +152,19 @@ def signature(kernel: Kernel, real: str, uses_n: bool) -> tuple[str, str]:
 class KernelContexts:
     """Builds the template context of every kernel kind."""
 
-    def __init__(self, target: Target, dtype: str, nowait: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        target: Target,
+        dtype: str,
+        nowait: frozenset[str] = frozenset(),
+        gathered: frozenset[str] = frozenset(),
+    ) -> None:
         self.target = target
         self.printer = CPrinter(dtype, inline_exp=target.inline_exp)
         #: kernels whose loop may end without a barrier (see ``barrier_free``)
         self.nowait = nowait
+        #: inputs whose matrix products read their rows through an index (see ``gathered_inputs``)
+        self.gathered = gathered
 
     def context(self, kernel: Kernel) -> dict[str, Any]:
         """Template name and context for one kernel.
@@ -264,6 +274,7 @@ class KernelContexts:
             "accumulate": int(k.accumulate),
             "epilogue": None,
             "scale": None,
+            "rows": rows_name(owner(k.a)) if owner(k.a) in self.gathered else None,
         }
         if k.epilogue:
             acc = sp.Symbol(f"{owner(k.c)}[r * {k.ldc} + c]")
@@ -292,6 +303,9 @@ class KernelContexts:
             }
             uses_n = uses_n or body["uses_n"]
         params, args = signature(k, self.target.real, uses_n)
+        if ctx["rows"]:
+            params += f", const int64_t *restrict {ctx['rows']}"
+            args += f", {ctx['rows']}"
         if k.scale is not None:
             # the fused SGD step takes this step's learning rate like an update kernel
             ctx["scale"] = self.printer.doprint(k.scale)
@@ -428,6 +442,10 @@ def _program_context(plan, program, contexts: KernelContexts, place=None) -> dic
         return ctype, f"({ctype} *)(arena + {offset})"
 
     place = place or arena_place
+    # only an epoch's training steps read shuffled rows in place; the other programs get
+    # their batch in order (a row index of NULL)
+    gathered = contexts.gathered if program.name == "train" else frozenset()
+    in_order = {rows_name(name) for name in contexts.gathered - gathered}
     used: dict[str, Tensor] = {}
     calls = []
     for kernel in program.kernels:
@@ -435,13 +453,18 @@ def _program_context(plan, program, contexts: KernelContexts, place=None) -> dic
         for t in reads(kernel) + writes(kernel):
             if owner(t) not in input_names:
                 used.setdefault(owner(t), t)
-        calls.append(contexts.target.call.format(name=kernel.name, args=ctx["args"]))
+        args = ", ".join("NULL" if a in in_order else a for a in ctx["args"].split(", "))
+        calls.append(contexts.target.call.format(name=kernel.name, args=args))
     local_vars = []
     for name, t in used.items():
         dims = ", ".join((["batch"] if t.batched else []) + [str(s) for s in t.shape])
         ctype, init = place(t)
         local_vars.append((ctype, name, init, f"{t.label} ({dims})"))
-    params = ", ".join(f"const {c_type(t, real)} *restrict {t.name}" for t in program.inputs)
+    params = ", ".join(
+        f"const {c_type(t, real)} *restrict {t.name}"
+        + (f", const int64_t *restrict {rows_name(t.name)}" if t.name in gathered else "")
+        for t in program.inputs
+    )
     return {
         "name": program.name,
         "doc": program.doc,
@@ -531,8 +554,48 @@ def lr_text(plan, printer: CPrinter, counter: str | None = None) -> str | None:
     )
 
 
+def rows_name(name: str) -> str:
+    """The C name of the row index of a gathered input."""
+    return f"{name}_rows"
+
+
+def gathered_inputs(plan) -> frozenset[str]:
+    """Training inputs that ``train_epoch`` hands to the step as rows of the caller's data.
+
+    An epoch takes its batches in a shuffled order.  An input whose every reader (in every
+    program) is the A operand of a matrix product needs no copy of its batch: the
+    products read its rows through the permutation (``gc_gemm_gather``), so its batch
+    slot is never touched.  Any other input (read by a loss, a convolution, an
+    embedding...) is copied into its slot first.
+    """
+    train = next((p for p in plan.programs if p.name == "train"), None)
+    if train is None:
+        return frozenset()
+    taken = {owner(t) for p in plan.programs for k in p.kernels for t in reads(k) + writes(k)}
+    gathered = set()
+    for x in train.inputs:
+        if x.dtype != "real" or rows_name(x.name) in taken:
+            continue
+        readers = [k for p in plan.programs for k in p.kernels if x.name in map(owner, reads(k))]
+        if readers and all(_reads_samples_as_a(k, x) for k in readers):
+            gathered.add(x.name)
+    return frozenset(gathered)
+
+
+def _reads_samples_as_a(k: Kernel, x: Tensor) -> bool:
+    """Whether a kernel reads input ``x`` only as its product's A, one sample per row of
+    the stored A (so that a row index of samples can stand for the batch)."""
+    if not isinstance(k, GemmKernel) or owner(k.a) != x.name:
+        return False
+    if x.name in map(owner, reads(k)[1:]):  # B, an epilogue operand or C: read in place
+        return False
+    rows = k.k if k.trans_a else k.m
+    return rows == Dim(1, True) and k.lda == x.per_sample
+
+
 def apack_bounds(plan) -> tuple[int, int]:
-    """(rows, depth) of the largest op(A) = Aᵀ any matrix product of the model packs.
+    """(rows, depth) of the largest op(A) = Aᵀ any matrix product of the model packs
+    (gathered ones included: see gc_gemm_gather).
 
     They bound gc_gemm.h's per-thread packing block (``GC_GEMM_APACK_M``/``_K``): every
     thread of every process that runs the model holds one, zeroed by the loader.
@@ -583,7 +646,8 @@ def render_model(plan) -> tuple[str, str, str]:
     env = environment()
     real = "float" if plan.dtype == "float32" else "double"
     target = Target(real=real, inline_exp=True)
-    contexts = KernelContexts(target, plan.dtype, barrier_free(plan))
+    gathered = gathered_inputs(plan)
+    contexts = KernelContexts(target, plan.dtype, barrier_free(plan), gathered)
     kernels_text = render_kernels(env, plan.programs, contexts)
     programs = {p.name: _program_context(plan, p, contexts) for p in plan.programs}
     for p in programs.values():
@@ -596,6 +660,8 @@ def render_model(plan) -> tuple[str, str, str]:
     ctx = {
         **api,
         "apack": apack_bounds(plan),
+        "gathered": gathered,
+        "copied": [name for _, name, _ in api["train_inputs"] if name not in gathered],
         "graph_name": plan.graph_name,
         "dtype": plan.dtype,
         "batch": plan.batch,

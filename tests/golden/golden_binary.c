@@ -46,12 +46,12 @@ static void k_hidden_epilogue(void *ctx, int r0, int nr, int c0, int nc)
 }
 
 
-static void k_hidden(const int n, const float *restrict x, const float *restrict hidden_W, const float *restrict hidden_b, float *restrict hidden)
+static void k_hidden(const int n, const float *restrict x, const float *restrict hidden_W, const float *restrict hidden_b, float *restrict hidden, const int64_t *restrict x_rows)
 {
     struct k_hidden_tile tile = { hidden_b, hidden };
-    gc_gemm(0, 0, n, 6, 4, x, 4, hidden_W, 6, 0, hidden, 6, k_hidden_epilogue, &tile);
+    /* the rows of x that x_rows lists (NULL: the first ones, in order) */
+    gc_gemm_gather(0, 0, n, 6, 4, 1, x, x_rows, 4, hidden_W, 6, 0, hidden, 6, k_hidden_epilogue, &tile, 1);
 }
-
 
 /* out.xW = hidden · out.W; then out.z = out.b + out.xW; out = 1/(1 + exp(-out.z)) */
 
@@ -78,7 +78,6 @@ static void k_out(const int n, const float *restrict hidden, const float *restri
     struct k_out_tile tile = { out_b, out };
     gc_gemm(0, 0, n, 1, 6, hidden, 6, out_W, 1, 0, out, 1, k_out_epilogue, &tile);
 }
-
 
 /* binary_cross_entropy = mean over the batch of sum over units of -T*log(O) - (1 - T)*log(1 - O) */
 
@@ -140,7 +139,6 @@ static void k_delta_out(const int n, const float *restrict hidden, const float *
     gc_gemm(0, 0, n, 1, 6, hidden, 6, out_W, 1, 0, delta_out, 1, k_delta_out_epilogue, &tile);
 }
 
-
 /* grad_out.b = Σ(delta_out) → (1,) */
 
 static void k_grad_out_b(const int n, const float *restrict delta_out, float *restrict grad_out_b)
@@ -180,14 +178,12 @@ static void k_delta_hidden(const int n, const float *restrict delta_out, const f
     gc_gemm_nowait(0, 1, n, 6, 1, delta_out, 1, out_W, 1, 0, delta_hidden, 6, k_delta_hidden_epilogue, &tile);
 }
 
-
 /* grad_out.W = hiddenᵀ · delta_out */
 
 static void k_grad_out_W(const int n, const float *restrict hidden, const float *restrict delta_out, float *restrict grad_out_W)
 {
     gc_gemm(1, 0, 6, 1, n, hidden, 6, delta_out, 1, 0, grad_out_W, 1, NULL, NULL);
 }
-
 
 /* grad_hidden.b = Σ(delta_hidden) → (6,) */
 
@@ -206,11 +202,11 @@ static void k_grad_hidden_b(const int n, const float *restrict delta_hidden, flo
 
 /* grad_hidden.W = xᵀ · delta_hidden */
 
-static void k_grad_hidden_W(const int n, const float *restrict x, const float *restrict delta_hidden, float *restrict grad_hidden_W)
+static void k_grad_hidden_W(const int n, const float *restrict x, const float *restrict delta_hidden, float *restrict grad_hidden_W, const int64_t *restrict x_rows)
 {
-    gc_gemm(1, 0, 4, 6, n, x, 4, delta_hidden, 6, 0, grad_hidden_W, 6, NULL, NULL);
+    /* the rows of x that x_rows lists (NULL: the first ones, in order) */
+    gc_gemm_gather(1, 0, 4, 6, n, 1, x, x_rows, 4, delta_hidden, 6, 0, grad_hidden_W, 6, NULL, NULL, 1);
 }
-
 
 /* Adam update of hidden.W: m <- 0.1*g + 0.9*m; v <- 0.001*g**2 + 0.999*v; p <- -alpha*m/(rsqrt_bc2*sqrt(v) + 1.0e-8) + p */
 
@@ -311,7 +307,7 @@ static void infer_program(golden_binary_model *m, const int n, const float *rest
     float *const out_b = (float *)(arena + 1024);  /* out.b (1) */
     float *const out = (float *)(arena + 1536);  /* out (batch, 1) */
 
-    k_hidden(n, x, hidden_W, hidden_b, hidden);
+    k_hidden(n, x, hidden_W, hidden_b, hidden, NULL);
     k_out(n, hidden, out_W, out_b, out);
 }
 
@@ -327,7 +323,7 @@ static void eval_program(golden_binary_model *m, const int n, const float *restr
     float *const out = (float *)(arena + 1536);  /* out (batch, 1) */
     float *const binary_cross_entropy_rows = (float *)(arena + 1408);  /* binary_cross_entropy_rows (batch, 1) */
 
-    k_hidden(n, x, hidden_W, hidden_b, hidden);
+    k_hidden(n, x, hidden_W, hidden_b, hidden, NULL);
     k_out(n, hidden, out_W, out_b, out);
     k_binary_cross_entropy(n, out, v_t, binary_cross_entropy_rows, &m->loss, &m->correct);
 }
@@ -350,18 +346,18 @@ static void grad_program(golden_binary_model *m, const int n, const float *restr
     float *const grad_hidden_b = (float *)(arena + 576);  /* grad_hidden.b (6) */
     float *const grad_hidden_W = (float *)(arena + 128);  /* grad_hidden.W (4, 6) */
 
-    k_hidden(n, x, hidden_W, hidden_b, hidden);
+    k_hidden(n, x, hidden_W, hidden_b, hidden, NULL);
     k_delta_out(n, hidden, out_W, out_b, v_t, delta_out, out);
     k_binary_cross_entropy(n, out, v_t, binary_cross_entropy_rows, &m->loss, &m->correct);
     k_grad_out_b(n, delta_out, grad_out_b);
     k_delta_hidden(n, delta_out, out_W, hidden, delta_hidden);
     k_grad_out_W(n, hidden, delta_out, grad_out_W);
     k_grad_hidden_b(n, delta_hidden, grad_hidden_b);
-    k_grad_hidden_W(n, x, delta_hidden, grad_hidden_W);
+    k_grad_hidden_W(n, x, delta_hidden, grad_hidden_W, NULL);
 }
 
 /* Training step: forward, δ pass and update for n rows. Every thread of the team runs this function; each kernel shares out its loop. */
-static void train_program(golden_binary_model *m, const int n, const float *restrict x, const float *restrict v_t)
+static void train_program(golden_binary_model *m, const int n, const float *restrict x, const int64_t *restrict x_rows, const float *restrict v_t)
 {
     unsigned char *const arena = m->arena;
     float *const hidden_W = (float *)(arena + 0);  /* hidden.W (4, 6) */
@@ -386,14 +382,14 @@ static void train_program(golden_binary_model *m, const int n, const float *rest
     float *const out_b_m = (float *)(arena + 1152);  /* out.b.m (1) */
     float *const out_b_v = (float *)(arena + 1216);  /* out.b.v (1) */
 
-    k_hidden(n, x, hidden_W, hidden_b, hidden);
+    k_hidden(n, x, hidden_W, hidden_b, hidden, x_rows);
     k_delta_out(n, hidden, out_W, out_b, v_t, delta_out, out);
     k_binary_cross_entropy(n, out, v_t, binary_cross_entropy_rows, &m->loss, &m->correct);
     k_grad_out_b(n, delta_out, grad_out_b);
     k_delta_hidden(n, delta_out, out_W, hidden, delta_hidden);
     k_grad_out_W(n, hidden, delta_out, grad_out_W);
     k_grad_hidden_b(n, delta_hidden, grad_hidden_b);
-    k_grad_hidden_W(n, x, delta_hidden, grad_hidden_W);
+    k_grad_hidden_W(n, x, delta_hidden, grad_hidden_W, x_rows);
     update_hidden_W(hidden_W, grad_hidden_W, hidden_W_m, hidden_W_v, (float)m->lr_now, (double)m->step);
     update_hidden_b(hidden_b, grad_hidden_b, hidden_b_m, hidden_b_v, (float)m->lr_now, (double)m->step);
     update_out_W(out_W, grad_out_W, out_W_m, out_W_v, (float)m->lr_now, (double)m->step);
@@ -455,13 +451,19 @@ int64_t golden_binary_step(golden_binary_model *m) { return m->step; }
 int64_t golden_binary_epoch(golden_binary_model *m) { return m->epoch; }
 double golden_binary_last_correct(golden_binary_model *m) { return m->correct; }
 
-double golden_binary_train_step(golden_binary_model *m, const float *x, const float *v_t, int n)
+/* One training step on n rows; x_rows lists the rows of x it reads (NULL: the first n, in order). */
+static double train_batch(golden_binary_model *m, const int n, const float *x, const int64_t *x_rows, const float *v_t)
 {
     m->step += 1;
     m->lr_now = m->lr;
     #pragma omp parallel num_threads(m->threads) if (266.0 + 142.0 * n >= GC_TEAM_FLOPS)
-    train_program(m, n, x, v_t);
+    train_program(m, n, x, x_rows, v_t);
     return m->loss;
+}
+
+double golden_binary_train_step(golden_binary_model *m, const float *x, const float *v_t, int n)
+{
+    return train_batch(m, n, x, NULL, v_t);
 }
 
 double golden_binary_gradients(golden_binary_model *m, const float *x, const float *v_t, int n)
@@ -473,7 +475,6 @@ double golden_binary_gradients(golden_binary_model *m, const float *x, const flo
 
 double golden_binary_train_epoch(golden_binary_model *m, const float *x, const float *v_t, int64_t count, int64_t *perm, uint64_t seed, int shuffle, double *hits)
 {
-    float *const batch_x = (float *)(m->arena + 1280);
     float *const batch_t = (float *)(m->arena + 1344);
     double total = 0.0, right = 0.0;
     gc_permutation(perm, count, seed, shuffle);
@@ -481,10 +482,9 @@ double golden_binary_train_epoch(golden_binary_model *m, const float *x, const f
         const int n = (int)(count - start < BATCH ? count - start : BATCH);
         for (int r = 0; r < n; ++r) {
             const int64_t row = perm[start + r];
-            memcpy(batch_x + (size_t)r * 4, x + (size_t)row * 4, 4 * sizeof *x);
             memcpy(batch_t + (size_t)r * 1, v_t + (size_t)row * 1, 1 * sizeof *v_t);
         }
-        total += golden_binary_train_step(m, batch_x, batch_t, n) * n;
+        total += train_batch(m, n, x, perm + start, batch_t) * n;
         right += m->correct;
     }
     m->epoch += 1;

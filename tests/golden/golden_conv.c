@@ -124,7 +124,6 @@ static void k_out(const int n, const float *restrict pool, const float *restrict
     gc_gemm(0, 0, n, 3, 18, pool, 18, out_W, 3, 0, out, 3, k_out_epilogue, &tile);
 }
 
-
 /* softmax = softmax(out) over the last axis */
 
 static void k_softmax(const int n, const float *restrict out, float *restrict softmax)
@@ -237,14 +236,12 @@ static void k_d_reshape(const int n, const float *restrict delta_out, const floa
     gc_gemm_nowait(0, 1, n, 18, 3, delta_out, 3, out_W, 3, 0, d_reshape, 18, NULL, NULL);
 }
 
-
 /* grad_out.W = reshapeᵀ · delta_out */
 
 static void k_grad_out_W(const int n, const float *restrict pool, const float *restrict delta_out, float *restrict grad_out_W)
 {
     gc_gemm(1, 0, 18, 3, n, pool, 18, delta_out, 3, 0, grad_out_W, 3, NULL, NULL);
 }
-
 
 /* d_conv[n][c][y*2 + p][x*2 + q] += d_pool[n][c][y][x] at the first (p, q) where conv[n][c][y*2 + p][x*2 + q] is the window's maximum  (2x2 window, stride 2); then delta_conv = d_conv*Piecewise((0, conv <= 0), (1, True)) */
 
@@ -621,13 +618,19 @@ int64_t golden_conv_step(golden_conv_model *m) { return m->step; }
 int64_t golden_conv_epoch(golden_conv_model *m) { return m->epoch; }
 double golden_conv_last_correct(golden_conv_model *m) { return m->correct; }
 
-double golden_conv_train_step(golden_conv_model *m, const float *x, const int32_t *y, int n)
+/* One training step on n rows. */
+static double train_batch(golden_conv_model *m, const int n, const float *x, const int32_t *y)
 {
     m->step += 1;
     m->lr_now = m->lr;
     #pragma omp parallel num_threads(m->threads) if (390.0 + 3410.0 * n >= GC_TEAM_FLOPS)
     train_program(m, n, x, y);
     return m->loss;
+}
+
+double golden_conv_train_step(golden_conv_model *m, const float *x, const int32_t *y, int n)
+{
+    return train_batch(m, n, x, y);
 }
 
 double golden_conv_gradients(golden_conv_model *m, const float *x, const int32_t *y, int n)
@@ -650,7 +653,7 @@ double golden_conv_train_epoch(golden_conv_model *m, const float *x, const int32
             memcpy(batch_x + (size_t)r * 36, x + (size_t)row * 36, 36 * sizeof *x);
             memcpy(batch_y + (size_t)r * 1, y + (size_t)row * 1, 1 * sizeof *y);
         }
-        total += golden_conv_train_step(m, batch_x, batch_y, n) * n;
+        total += train_batch(m, n, batch_x, batch_y) * n;
         right += m->correct;
     }
     m->epoch += 1;

@@ -45,12 +45,12 @@ static void k_hidden_epilogue(void *ctx, int r0, int nr, int c0, int nc)
 }
 
 
-static void k_hidden(const int n, const float *restrict x, const float *restrict hidden_W, const float *restrict hidden_b, float *restrict hidden)
+static void k_hidden(const int n, const float *restrict x, const float *restrict hidden_W, const float *restrict hidden_b, float *restrict hidden, const int64_t *restrict x_rows)
 {
     struct k_hidden_tile tile = { hidden_b, hidden };
-    gc_gemm(0, 0, n, 7, 5, x, 5, hidden_W, 7, 0, hidden, 7, k_hidden_epilogue, &tile);
+    /* the rows of x that x_rows lists (NULL: the first ones, in order) */
+    gc_gemm_gather(0, 0, n, 7, 5, 1, x, x_rows, 5, hidden_W, 7, 0, hidden, 7, k_hidden_epilogue, &tile, 1);
 }
-
 
 /* out.xW = hidden · out.W; then out = out.b + out.xW */
 
@@ -77,7 +77,6 @@ static void k_out(const int n, const float *restrict hidden, const float *restri
     struct k_out_tile tile = { out_b, out };
     gc_gemm(0, 0, n, 3, 7, hidden, 7, out_W, 3, 0, out, 3, k_out_epilogue, &tile);
 }
-
 
 /* softmax = softmax(out) over the last axis */
 
@@ -210,14 +209,12 @@ static void k_delta_hidden(const int n, const float *restrict delta_out, const f
     gc_gemm(0, 1, n, 7, 3, delta_out, 3, out_W, 3, 0, delta_hidden, 7, k_delta_hidden_epilogue, &tile);
 }
 
-
 /* grad_out.W = hiddenᵀ · delta_out */
 
 static void k_grad_out_W(const int n, const float *restrict hidden, const float *restrict delta_out, float *restrict grad_out_W)
 {
     gc_gemm(1, 0, 7, 3, n, hidden, 7, delta_out, 3, 0, grad_out_W, 3, NULL, NULL);
 }
-
 
 /* grad_hidden.b = Σ(delta_hidden) → (7,) */
 
@@ -236,11 +233,11 @@ static void k_grad_hidden_b(const int n, const float *restrict delta_hidden, flo
 
 /* grad_hidden.W = xᵀ · delta_hidden */
 
-static void k_grad_hidden_W(const int n, const float *restrict x, const float *restrict delta_hidden, float *restrict grad_hidden_W)
+static void k_grad_hidden_W(const int n, const float *restrict x, const float *restrict delta_hidden, float *restrict grad_hidden_W, const int64_t *restrict x_rows)
 {
-    gc_gemm_nowait(1, 0, 5, 7, n, x, 5, delta_hidden, 7, 0, grad_hidden_W, 7, NULL, NULL);
+    /* the rows of x that x_rows lists (NULL: the first ones, in order) */
+    gc_gemm_gather(1, 0, 5, 7, n, 1, x, x_rows, 5, delta_hidden, 7, 0, grad_hidden_W, 7, NULL, NULL, 0);
 }
-
 
 /* SGD step of out.W fused into its gradient's product: out.W -= lr * (hiddenᵀ · delta_out) */
 
@@ -249,14 +246,13 @@ static void update_out_W(const int n, const float *restrict hidden, const float 
     gc_gemm_scaled(1, 0, 7, 3, n, -lr, hidden, 7, delta_out, 3, out_W, 3, 0);
 }
 
-
 /* SGD step of hidden.W fused into its gradient's product: hidden.W -= lr * (xᵀ · delta_hidden) */
 
-static void update_hidden_W(const int n, const float *restrict x, const float *restrict delta_hidden, float *restrict hidden_W, const float lr)
+static void update_hidden_W(const int n, const float *restrict x, const float *restrict delta_hidden, float *restrict hidden_W, const int64_t *restrict x_rows, const float lr)
 {
-    gc_gemm_scaled(1, 0, 5, 7, n, -lr, x, 5, delta_hidden, 7, hidden_W, 7, 0);
+    /* the rows of x that x_rows lists (NULL: the first ones, in order) */
+    gc_gemm_gather(1, 0, 5, 7, n, -lr, x, x_rows, 5, delta_hidden, 7, 1, hidden_W, 7, NULL, NULL, 0);
 }
-
 
 /* SGD update of hidden.b: p <- -g*lr + p */
 
@@ -294,7 +290,7 @@ static void infer_program(golden_mlp_model *m, const int n, const float *restric
     float *const out = (float *)(arena + 1216);  /* out (batch, 3) */
     float *const softmax = (float *)(arena + 1088);  /* softmax (batch, 3) */
 
-    k_hidden(n, x, hidden_W, hidden_b, hidden);
+    k_hidden(n, x, hidden_W, hidden_b, hidden, NULL);
     k_out(n, hidden, out_W, out_b, out);
     k_softmax(n, out, softmax);
 }
@@ -313,7 +309,7 @@ static void eval_program(golden_mlp_model *m, const int n, const float *restrict
     float *const out_lse = (float *)(arena + 1152);  /* out_lse (batch, 1) */
     float *const softmax_cross_entropy_rows = (float *)(arena + 1280);  /* softmax_cross_entropy_rows (batch, 1) */
 
-    k_hidden(n, x, hidden_W, hidden_b, hidden);
+    k_hidden(n, x, hidden_W, hidden_b, hidden, NULL);
     k_out(n, hidden, out_W, out_b, out);
     k_softmax_with_lse(n, out, softmax, out_lse);
     k_softmax_cross_entropy_from_lse(n, softmax, y, out, out_lse, softmax_cross_entropy_rows, &m->loss, &m->correct);
@@ -339,7 +335,7 @@ static void grad_program(golden_mlp_model *m, const int n, const float *restrict
     float *const grad_hidden_b = (float *)(arena + 448);  /* grad_hidden.b (7) */
     float *const grad_hidden_W = (float *)(arena + 192);  /* grad_hidden.W (5, 7) */
 
-    k_hidden(n, x, hidden_W, hidden_b, hidden);
+    k_hidden(n, x, hidden_W, hidden_b, hidden, NULL);
     k_out(n, hidden, out_W, out_b, out);
     k_softmax_with_lse(n, out, softmax, out_lse);
     k_softmax_cross_entropy_from_lse(n, softmax, y, out, out_lse, softmax_cross_entropy_rows, &m->loss, &m->correct);
@@ -348,11 +344,11 @@ static void grad_program(golden_mlp_model *m, const int n, const float *restrict
     k_delta_hidden(n, delta_out, out_W, hidden, delta_hidden);
     k_grad_out_W(n, hidden, delta_out, grad_out_W);
     k_grad_hidden_b(n, delta_hidden, grad_hidden_b);
-    k_grad_hidden_W(n, x, delta_hidden, grad_hidden_W);
+    k_grad_hidden_W(n, x, delta_hidden, grad_hidden_W, NULL);
 }
 
 /* Training step: forward, δ pass and update for n rows. Every thread of the team runs this function; each kernel shares out its loop. */
-static void train_program(golden_mlp_model *m, const int n, const float *restrict x, const int32_t *restrict y)
+static void train_program(golden_mlp_model *m, const int n, const float *restrict x, const int64_t *restrict x_rows, const int32_t *restrict y)
 {
     unsigned char *const arena = m->arena;
     float *const hidden_W = (float *)(arena + 0);  /* hidden.W (5, 7) */
@@ -369,7 +365,7 @@ static void train_program(golden_mlp_model *m, const int n, const float *restric
     float *const delta_hidden = (float *)(arena + 1216);  /* delta_hidden (batch, 7) */
     float *const grad_hidden_b = (float *)(arena + 448);  /* grad_hidden.b (7) */
 
-    k_hidden(n, x, hidden_W, hidden_b, hidden);
+    k_hidden(n, x, hidden_W, hidden_b, hidden, x_rows);
     k_out(n, hidden, out_W, out_b, out);
     k_softmax_with_lse(n, out, softmax, out_lse);
     k_softmax_cross_entropy_from_lse(n, softmax, y, out, out_lse, softmax_cross_entropy_rows, &m->loss, &m->correct);
@@ -378,7 +374,7 @@ static void train_program(golden_mlp_model *m, const int n, const float *restric
     k_delta_hidden(n, delta_out, out_W, hidden, delta_hidden);
     update_out_W(n, hidden, delta_out, out_W, (float)m->lr_now);
     k_grad_hidden_b(n, delta_hidden, grad_hidden_b);
-    update_hidden_W(n, x, delta_hidden, hidden_W, (float)m->lr_now);
+    update_hidden_W(n, x, delta_hidden, hidden_W, x_rows, (float)m->lr_now);
     update_hidden_b(hidden_b, grad_hidden_b, (float)m->lr_now);
     update_out_b(out_b, grad_out_b, (float)m->lr_now);
 }
@@ -430,13 +426,19 @@ int64_t golden_mlp_step(golden_mlp_model *m) { return m->step; }
 int64_t golden_mlp_epoch(golden_mlp_model *m) { return m->epoch; }
 double golden_mlp_last_correct(golden_mlp_model *m) { return m->correct; }
 
-double golden_mlp_train_step(golden_mlp_model *m, const float *x, const int32_t *y, int n)
+/* One training step on n rows; x_rows lists the rows of x it reads (NULL: the first n, in order). */
+static double train_batch(golden_mlp_model *m, const int n, const float *x, const int64_t *x_rows, const int32_t *y)
 {
     m->step += 1;
     m->lr_now = m->lr;
     #pragma omp parallel num_threads(m->threads) if (40.0 + 299.0 * n >= GC_TEAM_FLOPS)
-    train_program(m, n, x, y);
+    train_program(m, n, x, x_rows, y);
     return m->loss;
+}
+
+double golden_mlp_train_step(golden_mlp_model *m, const float *x, const int32_t *y, int n)
+{
+    return train_batch(m, n, x, NULL, y);
 }
 
 double golden_mlp_gradients(golden_mlp_model *m, const float *x, const int32_t *y, int n)
@@ -448,7 +450,6 @@ double golden_mlp_gradients(golden_mlp_model *m, const float *x, const int32_t *
 
 double golden_mlp_train_epoch(golden_mlp_model *m, const float *x, const int32_t *y, int64_t count, int64_t *perm, uint64_t seed, int shuffle, double *hits)
 {
-    float *const batch_x = (float *)(m->arena + 896);
     int32_t *const batch_y = (int32_t *)(m->arena + 1024);
     double total = 0.0, right = 0.0;
     gc_permutation(perm, count, seed, shuffle);
@@ -456,10 +457,9 @@ double golden_mlp_train_epoch(golden_mlp_model *m, const float *x, const int32_t
         const int n = (int)(count - start < BATCH ? count - start : BATCH);
         for (int r = 0; r < n; ++r) {
             const int64_t row = perm[start + r];
-            memcpy(batch_x + (size_t)r * 5, x + (size_t)row * 5, 5 * sizeof *x);
             memcpy(batch_y + (size_t)r * 1, y + (size_t)row * 1, 1 * sizeof *y);
         }
-        total += golden_mlp_train_step(m, batch_x, batch_y, n) * n;
+        total += train_batch(m, n, x, perm + start, batch_y) * n;
         right += m->correct;
     }
     m->epoch += 1;

@@ -12,10 +12,14 @@ and two stages without graphc, which show how much of the rest is the compiler's
 
   ctypes    the baseline + ``import ctypes``
   library   + the compiled W1 library (built beforehand) loaded with ctypes (the standard
-            library's loader: no C parser at run time) and trained for 2 epochs through its
-            C API (``bench_mlp_train_epoch``), as a program that ships only the library would;
+            library's loader: no C parser at run time), its initial weights read from a
+            file straight into its tensors, and trained for 2 epochs through its C API
+            (``bench_mlp_train_epoch``), as a program that ships only the library would;
             the first epoch on one thread, the second on two, and the resident set after
-            each step is printed too, which splits the stage's memory by what it is for
+            each step is printed too, which splits the stage's memory by what it is for.
+            Its baseline is taken in the same process, after the harness's own first uses
+            of ctypes and NumPy, so the peak above it is what the library costs: that is
+            the figure held against the budget
 
 The budget the issue sets is 1.2 x (parameters + optimizer state + one batch of activations
 and δ's) above the baseline; the table prints that figure and the model's arena beside.
@@ -25,8 +29,10 @@ Usage: python bench/memory.py
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 
 from common import ROOT
 
@@ -62,6 +68,11 @@ rng = np.random.default_rng(0)
 X = rng.standard_normal((8192, 784), dtype=np.float32)
 y = rng.integers(0, 10, 8192).astype(np.int32)
 import ctypes
+# the harness's own first uses (a ctypes buffer, an unbuffered read into it) before the
+# baseline: they are the loader's cost, not training's
+weights = open({weights!r}, "rb", buffering=0)
+weights.readinto(ctypes.create_string_buffer(16))
+weights.seek(0)
 def mark(step):  # the resident set now: the library stage's breakdown
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS"):
@@ -81,11 +92,10 @@ if {load}:
     m = lib.bench_mlp_create()
     mark("model created (arena allocated)")
     for index, (rows, cols) in enumerate([(784, 512), (512, 256), (256, 10)]):
-        w = np.ctypeslib.as_array(lib.bench_mlp_tensor(m, 2 * index), (rows * cols,))
-        rng.random(dtype=np.float32, out=w)  # in place: no temporaries to count
-        w -= 0.5
-        w *= 2 * np.sqrt(6.0 / (rows + cols))
-    mark("weights written")
+        # straight from the file into the tensor, as a deployed program loads its weights
+        address = ctypes.addressof(lib.bench_mlp_tensor(m, 2 * index).contents)
+        weights.readinto((ctypes.c_char * (4 * rows * cols)).from_address(address))
+    mark("weights read")
     lib.bench_mlp_set_lr(m, 0.01)
     perm = np.empty(8192, dtype=np.int64)
     hits = ctypes.c_double()
@@ -114,6 +124,7 @@ def w1_budget_bytes() -> int:
 def measure() -> dict[str, int]:
     """Peak RSS in bytes of each stage, and the arena's size."""
     result: dict[str, int] = {}
+    outputs: list[subprocess.CompletedProcess] = []
     for index, stage in enumerate(STAGES):
         script = SCRIPT.format(root=str(ROOT), bench=str(ROOT / "bench"), stage=index)
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
@@ -124,9 +135,14 @@ def measure() -> dict[str, int]:
             result[stage if key == "hwm" else key] = int(value)
     result["budget"] = w1_budget_bytes()
     library = compile_w1().library_path
-    for index, stage in enumerate(LIBRARY_STAGES):
-        script = LIBRARY_SCRIPT.format(load=bool(index), path=library)
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = os.path.join(tmp, "w1_weights.bin")
+        glorot_weights().tofile(weights)
+        for index in range(len(LIBRARY_STAGES)):
+            script = LIBRARY_SCRIPT.format(load=bool(index), path=library, weights=weights)
+            out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+            outputs.append(out)
+    for index, (stage, out) in enumerate(zip(LIBRARY_STAGES, outputs)):
         if out.returncode != 0:
             raise RuntimeError(f"memory stage {stage} failed:\n{out.stderr}")
         lines = out.stdout.splitlines()
@@ -136,6 +152,18 @@ def measure() -> dict[str, int]:
                 (step, int(rss)) for _, rss, step in (ln.split(" ", 2) for ln in lines[:-1])
             ]
     return result
+
+
+def glorot_weights():
+    """W1's three weight matrices, Glorot-uniform, float32, one after the other."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    parts = []
+    for rows, cols in zip((784, 512, 256), (512, 256, 10)):
+        limit = np.sqrt(6.0 / (rows + cols))
+        parts.append(rng.uniform(-limit, limit, rows * cols).astype(np.float32))
+    return np.concatenate(parts)
 
 
 def compile_w1():
@@ -161,9 +189,15 @@ def print_table(m: dict[str, int]) -> None:
     if "steps" in m:
         print("the library stage, step by step (resident set, VmRSS, after each step):")
         (_, previous), *steps = m["steps"]
+        base = previous
         for step, rss in steps:
             print(f"  {step:40} {(rss - previous) / mib:+6.2f} MiB")
             previous = rss
+        print(
+            f"  {'peak above its own baseline':40} {(m['library'] - base) / mib:6.2f} MiB "
+            f"(budget {m['budget'] / mib:.2f} MiB: "
+            f"{'met' if m['library'] - base <= m['budget'] else 'NOT met'})"
+        )
     print(
         f"budget 1.2 x (params + state + activations + δ's) = {m['budget'] / mib:.1f} MiB; "
         f"the model's arena = {m['arena'] / mib:.1f} MiB; training itself added "

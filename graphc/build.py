@@ -64,6 +64,23 @@ def compiler_version(cc: str) -> str:
 
 @functools.cache
 def _supports(cc: str, flag: str, code: str) -> bool:
+    """Whether ``cc flag`` builds and links ``code``.  Each probe runs the compiler (tens of
+    milliseconds), so its answer is kept in the cache directory, keyed by the compiler's
+    command, its executable's path, size and modification time, the flag and the code: a
+    later process that finds the model's library cached then starts no compiler at all."""
+    exe = os.path.realpath(shutil.which(shlex.split(cc)[0]) or shlex.split(cc)[0])
+    try:
+        stat = os.stat(exe)
+        stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
+    except OSError:
+        stamp = "?"
+    key = hashlib.sha256("\0".join([cc, exe, stamp, flag, code]).encode()).hexdigest()[:32]
+    answer = os.path.join(cache_dir(), "probes", key)
+    try:
+        with open(answer) as f:
+            return f.read() == "yes"
+    except OSError:
+        pass
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "probe.c")
         with open(src, "w") as f:
@@ -73,7 +90,13 @@ def _supports(cc: str, flag: str, code: str) -> bool:
             capture_output=True,
             text=True,
         )
-        return result.returncode == 0
+    supported = result.returncode == 0
+    try:
+        os.makedirs(os.path.dirname(answer), exist_ok=True)
+        _atomic_write(answer, b"yes" if supported else b"no")
+    except OSError:
+        pass  # a read-only cache only costs the next process the probe again
+    return supported
 
 
 def openmp_flags(cc: str) -> list[str]:
@@ -366,13 +389,18 @@ def build_cuda(
     )
 
 
+#: what the cache keeps beside the models: compiler probes, compiled templates
+CACHE_AIDS = ("probes", "templates")
+
+
 def clear_cache() -> int:
-    """Delete every cached model; returns how many entries were removed."""
+    """Delete every cached model, and the compiler probes and compiled templates kept
+    beside them; returns how many models were removed."""
     root = cache_dir()
     if not os.path.isdir(root):
         return 0
     count = 0
     for entry in os.listdir(root):
         shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
-        count += 1
+        count += entry not in CACHE_AIDS
     return count

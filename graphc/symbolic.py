@@ -8,6 +8,7 @@ output instead of keeping the pre-activation alive.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from collections.abc import Sequence
@@ -113,8 +114,11 @@ def _exact(value: float) -> sp.Rational:
     return sp.nsimplify(value, rational=True, tolerance=1e-9 * max(1.0, abs(value)))
 
 
+@functools.cache
 def simplest(expr: sp.Expr) -> sp.Expr:
-    """The cheaper of the factored and expanded forms (factored on a tie)."""
+    """The cheaper of the factored and expanded forms (factored on a tie).  Cached, like
+    ``derivative_in_output``: pure functions of immutable expressions, and every compile
+    asks again for the same activations' forms."""
     factored, expanded = sp.factor(expr), sp.expand(expr)
     return expanded if cost(expanded) < cost(factored) else factored
 
@@ -179,6 +183,7 @@ def _branch(target, var, f, out, extra, domain, degree):
     return _fit_polynomial(target, var, f, out, extra, domain, degree)
 
 
+@functools.cache
 def derivative_in_output(f: sp.Expr, var: sp.Symbol = X[0]) -> tuple[sp.Expr, bool]:
     """f'(var) in its cheapest form: (expr, uses_output) where expr may use O instead of var."""
     d = sp.piecewise_fold(sp.diff(f, var))

@@ -114,6 +114,29 @@ def test_second_compile_hits_the_cache(private_cache, monkeypatch):
     assert os.listdir(private_cache) == []
 
 
+def test_flag_probes_are_kept_in_the_cache(private_cache, monkeypatch):
+    """A compiler probe's answer is written to the cache, so that a later process that finds
+    its model cached starts no compiler; clear_cache removes the answers too."""
+    cc, code = build.find_compiler(), "int main(void){return 0;}\n"
+    build._supports.cache_clear()
+    try:
+        assert build._supports(cc, "-O2", code)
+        assert not build._supports(cc, "-fno-such-flag-for-graphc", code)
+        assert len(os.listdir(private_cache / "probes")) == 2
+        build._supports.cache_clear()  # as if in a new process
+
+        def no_compiler(*args, **kwargs):
+            raise AssertionError(f"a probe ran the compiler again: {args}")
+
+        monkeypatch.setattr(build.subprocess, "run", no_compiler)
+        assert build._supports(cc, "-O2", code)
+        assert not build._supports(cc, "-fno-such-flag-for-graphc", code)
+    finally:
+        build._supports.cache_clear()
+    assert gc.clear_cache() == 0
+    assert not (private_cache / "probes").exists()
+
+
 def test_builds_without_openmp_are_warning_free(private_cache, monkeypatch):
     """A compiler without OpenMP (clang without libomp) ignores the pragmas, quietly."""
     monkeypatch.setattr(build, "openmp_flags", lambda cc: [])

@@ -48,11 +48,34 @@ RUNTIME_DIR = _data_dir("runtime")
 REDUCE_BLOCK = 16
 
 
+class _TemplateBytecode(jinja2.FileSystemBytecodeCache):
+    """Compiled templates kept beside the built models, so that a new process loads them
+    rather than compiling them again; where that directory cannot be written, each process
+    compiles its own."""
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            super().dump_bytecode(bucket)
+        except OSError:
+            pass
+
+
 @functools.cache
 def environment() -> jinja2.Environment:
     """The Jinja2 environment all backends share (one per process: it keeps the compiled
-    templates, and compiling them costs more than rendering a whole model)."""
+    templates, and compiling them costs more than rendering a whole model).  Their compiled
+    form is also kept on disk, under the model cache's ``templates`` folder."""
+    from graphc.build import cache_dir
+
+    bytecode = None
+    try:
+        folder = os.path.join(cache_dir(), "templates")
+        os.makedirs(folder, exist_ok=True)
+        bytecode = _TemplateBytecode(folder)
+    except OSError:
+        pass
     env = jinja2.Environment(
+        bytecode_cache=bytecode,
         loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -165,14 +188,22 @@ class KernelContexts:
         self.nowait = nowait
         #: inputs whose matrix products read their rows through an index (see ``gathered_inputs``)
         self.gathered = gathered
+        #: each kernel's context, built once: the programs of a model share their kernels
+        self._built: dict[Kernel, dict[str, Any]] = {}
 
     def context(self, kernel: Kernel) -> dict[str, Any]:
         """Template name and context for one kernel.
 
         Core kinds are built here; a kernel kind defined next to its op brings its own
         ``c_context(contexts)`` method, and a ``<target>_context`` one where another
-        backend lays the kernel out differently (``cuda_context``).
+        backend lays the kernel out differently (``cuda_context``).  Built once per kernel
+        (printing its math is most of a cached compile's time); each call gets a copy.
         """
+        if kernel not in self._built:
+            self._built[kernel] = self._build(kernel)
+        return dict(self._built[kernel])
+
+    def _build(self, kernel: Kernel) -> dict[str, Any]:
         own = getattr(kernel, f"{self.target.name}_context", None) or getattr(
             kernel, "c_context", None
         )

@@ -8,6 +8,7 @@ softmax + cross-entropy both come out as O - T.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,34 @@ CE = LossKind("cross_entropy", -T * sp.log(O), -T * sp.log(sp.Max(O, TINY)), Fal
 SOFTMAX_CE = LossKind("softmax_cross_entropy", CE.expr, T * (L - I), True, "argmax")
 
 
+@functools.cache
+def _elementwise_link(loss: sp.Expr, f: sp.Expr) -> sp.Expr | None:
+    """∂ℓ(f(I), T)/∂I in terms of O = f(I) and T, or None.  Cached: the same loss after the
+    same activation comes back in every compile, and its algebra is a cached compile's
+    largest cost."""
+    d = sp.diff(loss.xreplace({O: f}), I)
+    rewritten = in_terms_of(d, I, f, O, extra=[T])
+    if rewritten is None or rewritten.has(I):
+        return None
+    return rewritten
+
+
+@functools.cache
+def _softmax_link(loss: sp.Expr) -> sp.Expr | None:
+    """∂ℓ/∂logits through a softmax, in terms of O and T, or None (cached likewise).
+
+    ``cancel`` rather than ``simplify``: a loss's O · ∂ℓ/∂O is a rational function of O and
+    T, and simplify's first call imports sympy.physics (25 ms of every new process)."""
+    g = sp.diff(loss, O)
+    per_unit = sp.expand(sp.cancel(O * g))
+    # Σ_k O_k g_k: linear in T with no O left, so it sums to its value at T = 1
+    # because targets of a softmax loss are distributions (Σ_k T_k = 1)
+    if per_unit.has(O) or sp.degree(per_unit, T) > 1 or per_unit.subs(T, 0) != 0:
+        return None
+    total = per_unit.subs(T, 1)
+    return simplest(sp.cancel(O * g - O * total))
+
+
 class Loss(Op):
     """Mean over the batch of Σ_units ℓ(O, T); inputs (prediction, target[, logits])."""
 
@@ -92,22 +121,12 @@ class Loss(Op):
             return None
         inner = pred.inputs[0]
         if pred.op is ELEMENTWISE and len(pred.inputs) == 1:
-            f = pred.attrs["expr"].xreplace({X[0]: I})
-            d = sp.diff(kind.expr.xreplace({O: f}), I)
-            rewritten = in_terms_of(d, I, f, O, extra=[T])
-            if rewritten is None or rewritten.has(I):
-                return None
-            return inner, rewritten
-        if pred.op is SOFTMAX:
-            g = sp.diff(kind.expr, O)
-            per_unit = sp.expand(sp.simplify(O * g))
-            # Σ_k O_k g_k: linear in T with no O left, so it sums to its value at T = 1
-            # because targets of a softmax loss are distributions (Σ_k T_k = 1)
-            if per_unit.has(O) or sp.degree(per_unit, T) > 1 or per_unit.subs(T, 0) != 0:
-                return None
-            total = per_unit.subs(T, 1)
-            return inner, simplest(sp.simplify(O * g - O * total))
-        return None
+            rewritten = _elementwise_link(kind.expr, pred.attrs["expr"].xreplace({X[0]: I}))
+        elif pred.op is SOFTMAX:
+            rewritten = _softmax_link(kind.expr)
+        else:
+            rewritten = None
+        return None if rewritten is None else (inner, rewritten)
 
     @staticmethod
     def _delta(

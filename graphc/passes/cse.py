@@ -7,10 +7,20 @@ from collections.abc import Iterable
 from graphc.graph import Node
 
 
+def _attr(value: object) -> object:
+    """An attribute as part of a key: itself when hashable (compared by ==, which for a
+    record of sympy expressions costs far less than printing it), else its text."""
+    try:
+        hash(value)
+    except TypeError:
+        return str(value)
+    return value
+
+
 def _key(node: Node, rep: dict[Node, Node]) -> tuple | None:
     if not node.inputs:
         return None  # leaves are distinct by definition
-    attrs = tuple(sorted((k, str(v)) for k, v in node.attrs.items() if k not in ("layer",)))
+    attrs = tuple(sorted((k, _attr(v)) for k, v in node.attrs.items() if k not in ("layer",)))
     return (repr(node.op), tuple(id(rep[x]) for x in node.inputs), node.shape, node.batched, attrs)
 
 

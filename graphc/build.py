@@ -13,11 +13,13 @@ import functools
 import hashlib
 import logging
 import os
+import pickle
 import shlex
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
+from typing import Any
 
 import cffi
 
@@ -389,8 +391,33 @@ def build_cuda(
     )
 
 
-#: what the cache keeps beside the models: compiler probes, compiled templates
-CACHE_AIDS = ("probes", "templates")
+#: what the cache keeps beside the models: compiler probes, compiled templates, plans
+CACHE_AIDS = ("probes", "templates", "plans")
+
+
+def load_plan(key: str) -> Any:
+    """The record ``store_plan`` kept under ``key``, or None when there is none or it cannot
+    be read back whole (a torn or foreign file is ignored and later replaced)."""
+    path = os.path.join(cache_dir(), "plans", key + ".pickle")
+    try:
+        with open(path, "rb") as f:
+            record = pickle.load(f)
+    except FileNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - any unreadable record is only a cache miss
+        log.info("ignoring an unreadable cached plan %s", path)
+        return None
+    return record if isinstance(record, dict) and record.get("key") == key else None
+
+
+def store_plan(key: str, record: dict) -> None:
+    """Keep a compile's plan and rendered sources under ``key`` (best effort)."""
+    try:
+        os.makedirs(os.path.join(cache_dir(), "plans"), exist_ok=True)
+        data = pickle.dumps({**record, "key": key}, protocol=pickle.HIGHEST_PROTOCOL)
+        _atomic_write(os.path.join(cache_dir(), "plans", key + ".pickle"), data)
+    except (OSError, pickle.PicklingError, TypeError, AttributeError):
+        log.info("could not keep the plan of %s in the cache", key)
 
 
 def clear_cache() -> int:

@@ -21,6 +21,9 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -396,6 +399,61 @@ def plan_model(
     return plan, backward
 
 
+@functools.cache
+def code_version() -> str:
+    """A digest of graphc's own code (its modules, templates and runtime headers: path, size,
+    modification time), part of every cached plan's key."""
+    from graphc.codegen.c import RUNTIME_DIR, TEMPLATE_DIR
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for root in (package, TEMPLATE_DIR, RUNTIME_DIR):
+        for folder, dirs, files in sorted(os.walk(root)):
+            dirs.sort()
+            for name in sorted(files):
+                if name.endswith((".py", ".j2", ".h", ".cuh")):
+                    stat = os.stat(os.path.join(folder, name))
+                    digest.update(f"{folder}/{name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()
+
+
+def _text(value: Any) -> str:
+    """A value as key text: sympy's srepr keeps symbols' assumptions, which str drops."""
+    return sp.srepr(value) if isinstance(value, sp.Basic) else repr(value)
+
+
+def plan_key(
+    graph: Graph, batch_size: int, dtype: str, optimizer: Optimizer | None, frozen, target: str
+) -> str:
+    """What a compile's plan and sources depend on, as a digest: every node (op, inputs,
+    shape, type, name, attributes, where it was defined), the graph's inputs, parameters,
+    outputs and loss, the options, the optimizer's update rule and schedule, and graphc's
+    code.  A value whose text is not stable (an object printed with its address) only makes
+    the key new each time: a cache miss, never a wrong hit."""
+    index = {node: k for k, node in enumerate(graph.nodes)}
+    parts = [code_version(), graph.name, target, str(batch_size), dtype, repr(sorted(frozen))]
+    for node in graph.nodes:
+        attrs = sorted((k, _text(v)) for k, v in node.attrs.items())
+        op = (type(node.op).__module__, type(node.op).__qualname__, node.op.name)
+        op_state = sorted((k, _text(v)) for k, v in vars(node.op).items())
+        inputs = [index[x] for x in node.inputs]
+        parts.append(
+            repr((op, op_state, inputs, node.shape, node.batched, node.dtype, node.name, attrs))
+            + str(node.where)
+        )
+    parts.append(repr([index[x] for x in graph.inputs]))
+    parts.append(repr([index[x] for x in graph.params]))
+    parts.append(repr([(name, index[x]) for name, x in graph.outputs.items()]))
+    parts.append(repr(index.get(graph.loss)))
+    if optimizer is not None:
+        rule = optimizer.rule()
+        parts += [type(optimizer).__module__ + "." + type(optimizer).__qualname__]
+        parts += [optimizer.describe(), _text(optimizer.schedule.expr()), optimizer.schedule.per]
+        parts += [repr(optimizer.clip_norm), repr(rule.states)]
+        parts += [f"{name}={_text(expr)}" for name, expr in rule.scalars + rule.assigns]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
+
+
 def compile(  # noqa: A001 - the public name the DSL promises
     graph: Graph,
     target: str = "c",
@@ -414,7 +472,7 @@ def compile(  # noqa: A001 - the public name the DSL promises
     against an emulation header: a testing aid, see docs/cuda.md).  ``cflags`` replaces the
     compiler flags of the chosen target.
     """
-    from graphc.build import build_c, build_cuda
+    from graphc.build import build_c, build_cuda, load_plan, store_plan
     from graphc.codegen import c, cuda
     from graphc.model import Model
 
@@ -427,14 +485,22 @@ def compile(  # noqa: A001 - the public name the DSL promises
 
         optimizer = SGD(lr=0.01)
     frozen = set([frozen] if isinstance(frozen, str) else (frozen or ()))
-    plan, backward = plan_model(
-        graph, batch_size, dtype, optimizer, frozen, lanes=target == "c", fuse_steps=True
-    )
+    # a graph compiled before (same structure, options and graphc code) skips planning and
+    # rendering: its plan and sources come back from the cache, and the build finds its
+    # library there too
+    key = plan_key(graph, batch_size, dtype, optimizer, frozen, target)
+    record = load_plan(key)
+    if record is None:
+        plan, _ = plan_model(
+            graph, batch_size, dtype, optimizer, frozen, lanes=target == "c", fuse_steps=True
+        )
+        render = c.render_model if target == "c" else cuda.render_model
+        record = dict(zip(("plan", "source", "header", "cdef"), (plan, *render(plan))))
+        store_plan(key, record)
+    plan, source, header, cdef = (record[k] for k in ("plan", "source", "header", "cdef"))
     if target == "c":
-        source, header, cdef = c.render_model(plan)
         library = build_c(plan.name, source, header, cdef, cflags=cflags)
     else:
-        source, header, cdef = cuda.render_model(plan)
         emulate = target == "cuda-emu"
         library = build_cuda(plan.name, source, header, cdef, emulate=emulate, flags=cflags)
     # what Model.freeze/unfreeze need to compile the same graph again
@@ -448,7 +514,6 @@ def compile(  # noqa: A001 - the public name the DSL promises
     return Model(
         graph,
         plan,
-        backward,
         library,
         optimizer,
         seed=seed,

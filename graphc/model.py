@@ -46,7 +46,6 @@ class Model:
         self,
         graph: Graph,
         plan: ModelPlan,
-        backward,
         library,
         optimizer,
         seed: int = 0,
@@ -58,7 +57,6 @@ class Model:
         self.optimizer = optimizer
         self._seed = int(seed)
         self._options = dict(options or {})
-        self._backward = backward
         self._library = library
         self._ffi = library.ffi
         self._lib = library.lib

@@ -137,6 +137,42 @@ def test_flag_probes_are_kept_in_the_cache(private_cache, monkeypatch):
     assert not (private_cache / "probes").exists()
 
 
+def test_a_compiled_graph_is_planned_once(private_cache, monkeypatch):
+    """A second compile of an equal graph takes its plan and sources from the cache (no δ
+    pass, no rendering) and trains the same; any change to the graph, an option or the
+    optimizer is a new key; an unreadable record is a miss, then replaced."""
+    import graphc.compiler as compiler
+
+    x = np.linspace(-1, 1, 12).reshape(4, 3)
+    first = gc.compile(_graph("planned"), batch_size=4, dtype="float64")
+    plans = private_cache / "plans"
+    assert len(os.listdir(plans)) == 1
+
+    def no_planning(*args, **kwargs):
+        raise AssertionError("planned again")
+
+    planner = compiler.plan_model
+    monkeypatch.setattr(compiler, "plan_model", no_planning)
+    again = gc.compile(_graph("planned"), batch_size=4, dtype="float64")
+    assert again.source == first.source and again.library_path == first.library_path
+    np.testing.assert_array_equal(again.predict(x), first.predict(x))
+    with pytest.raises(AssertionError, match="planned again"):
+        gc.compile(_graph("planned"), batch_size=5, dtype="float64")
+    with pytest.raises(AssertionError, match="planned again"):
+        gc.compile(_graph("planned"), batch_size=4, dtype="float64", optimizer=gc.SGD(0.5))
+    other = _graph("planned")
+    other.params[0].attrs["trainable"] = False
+    with pytest.raises(AssertionError, match="planned again"):
+        gc.compile(other, batch_size=4, dtype="float64")
+    monkeypatch.setattr(compiler, "plan_model", planner)
+    (record,) = plans.iterdir()
+    record.write_bytes(b"not a pickle")
+    repaired = gc.compile(_graph("planned"), batch_size=4, dtype="float64")
+    np.testing.assert_array_equal(repaired.predict(x), first.predict(x))
+    assert record.read_bytes() != b"not a pickle"
+    assert gc.clear_cache() == 1 and not plans.exists()
+
+
 def test_builds_without_openmp_are_warning_free(private_cache, monkeypatch):
     """A compiler without OpenMP (clang without libomp) ignores the pragmas, quietly."""
     monkeypatch.setattr(build, "openmp_flags", lambda cc: [])

@@ -421,8 +421,8 @@ def store_plan(key: str, record: dict) -> None:
 
 
 def clear_cache() -> int:
-    """Delete every cached model, and the compiler probes and compiled templates kept
-    beside them; returns how many models were removed."""
+    """Delete every cached model, and the compiler probes, compiled templates and plans
+    kept beside them; returns how many models were removed."""
     root = cache_dir()
     if not os.path.isdir(root):
         return 0

@@ -435,7 +435,7 @@ def plan_key(
     for node in graph.nodes:
         attrs = sorted((k, _text(v)) for k, v in node.attrs.items())
         op = (type(node.op).__module__, type(node.op).__qualname__, node.op.name)
-        op_state = sorted((k, _text(v)) for k, v in vars(node.op).items())
+        op_state = sorted((k, _text(v)) for k, v in getattr(node.op, "__dict__", {}).items())
         inputs = [index[x] for x in node.inputs]
         parts.append(
             repr((op, op_state, inputs, node.shape, node.batched, node.dtype, node.name, attrs))

@@ -82,7 +82,7 @@ def _supports(cc: str, flag: str, code: str) -> bool:
         with open(answer) as f:
             return f.read() == "yes"
     except OSError:
-        pass
+        pass  # no answer kept yet: probe
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "probe.c")
         with open(src, "w") as f:

@@ -57,7 +57,7 @@ class _TemplateBytecode(jinja2.FileSystemBytecodeCache):
         try:
             super().dump_bytecode(bucket)
         except OSError:
-            pass
+            pass  # the template stays compiled in this process only
 
 
 @functools.cache
@@ -73,8 +73,8 @@ def environment() -> jinja2.Environment:
         os.makedirs(folder, exist_ok=True)
         bytecode = _TemplateBytecode(folder)
     except OSError:
-        pass
-    env = jinja2.Environment(
+        pass  # no writable cache: each process compiles the templates it uses
+    return jinja2.Environment(
         bytecode_cache=bytecode,
         loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
         undefined=jinja2.StrictUndefined,
@@ -83,8 +83,6 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    env.filters["rows_name"] = rows_name
-    return env
 
 
 @dataclass(frozen=True)
@@ -624,6 +622,41 @@ def _reads_samples_as_a(k: Kernel, x: Tensor) -> bool:
     return rows == Dim(1, True) and k.lda == x.per_sample
 
 
+def step_context(plan, inputs: list[tuple[str, str, int]], gathered: frozenset[str]) -> dict:
+    """How the C entry points hand a batch to ``train_batch`` (one training step): its
+    parameters and the arguments of each caller.  ``inputs`` are the training inputs as
+    (C type, name, values per row); a gathered one travels with its row index (NULL from
+    ``train_step``, the permutation's slice from ``train_epoch``), any other is copied by
+    ``train_epoch`` into its batch slot first (``copied``: type, name, size, slot, offset).
+    """
+    # keyed by the input's C name, which the entry points use (a label may need renaming)
+    slots = {x.name: t.name for x, t in zip(plan.inputs, plan.slots)}
+    params, args, step_args, epoch_args, copied, doc = [], [], [], [], [], []
+    for ctype, name, size in inputs:
+        params.append(f"const {ctype} *{name}")
+        args.append(name)
+        step_args.append(name)
+        if name in gathered:
+            rows = rows_name(name)
+            params.append(f"const int64_t *{rows}")
+            args.append(rows)
+            step_args.append("NULL")
+            epoch_args += [name, "perm + start"]
+            doc.append(f"; {rows} lists the rows of {name} it reads (NULL: the first n, in order)")
+        else:
+            slot = slots[name]
+            epoch_args.append(slot)
+            copied.append((ctype, name, size, slot, plan.memory.persistent[slot]))
+    return {
+        "doc": "".join(doc),
+        "params": ", ".join(params),
+        "args": ", ".join(args),
+        "step_args": ", ".join(step_args),
+        "epoch_args": ", ".join(epoch_args),
+        "copied": copied,
+    }
+
+
 def apack_bounds(plan) -> tuple[int, int]:
     """(rows, depth) of the largest op(A) = Aᵀ any matrix product of the model packs
     (gathered ones included: see gc_gemm_gather).
@@ -691,8 +724,7 @@ def render_model(plan) -> tuple[str, str, str]:
     ctx = {
         **api,
         "apack": apack_bounds(plan),
-        "gathered": gathered,
-        "copied": [name for _, name, _ in api["train_inputs"] if name not in gathered],
+        "step": step_context(plan, api["train_inputs"], gathered),
         "graph_name": plan.graph_name,
         "dtype": plan.dtype,
         "batch": plan.batch,
@@ -702,11 +734,6 @@ def render_model(plan) -> tuple[str, str, str]:
         "kernels": kernels_text,
         "programs": programs,
         "tensors": [(t.name, plan.memory.persistent[t.name], t.label) for t in persistent],
-        # keyed by the input's C name, which the entry points use (a label may need renaming)
-        "slots": {
-            x.name: (t.name, plan.memory.persistent[t.name])
-            for x, t in zip(plan.inputs, plan.slots)
-        },
         "lr_expr": lr_expr,
         "rows_per_sample": plan.rows_per_sample,
     }

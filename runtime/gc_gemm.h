@@ -468,9 +468,8 @@ static inline void gc_gemm_grid(int mpanels, int npanels, int nthreads, int *gm,
    nothing before the next barrier needs the rest). */
 static inline void gc_gemm_tiles(int trans_a, int trans_b, int M, int N, int K, const GC_REAL *A,
                                  const int64_t *arows, int lda, const GC_REAL *B, int ldb,
-                                 int accumulate,
-                                 GC_REAL alpha, GC_REAL *C, int ldc, gc_gemm_epilogue epilogue,
-                                 void *ctx)
+                                 int accumulate, GC_REAL alpha, GC_REAL *C, int ldc,
+                                 gc_gemm_epilogue epilogue, void *ctx)
 {
     int nthreads = 1;
 #ifdef _OPENMP
@@ -520,11 +519,20 @@ static inline void gc_gemm_tiles(int trans_a, int trans_b, int M, int N, int K, 
                 gc_gemm_macro(mc, nc, kc, A + p0, lda, 1, lda, arows + i0, trans_b, B, ldb, p0,
                               j0, in_place, ct, ldc, add, alpha);
             } else if (arows) {
-                /* A^T over gathered rows has no stride along k: always packed (the block
-                   fits, see gc_gemm_gather) */
-                gc_gemm_pack_at_gathered(A, arows, lda, i0, p0, mc, kc, gc_gemm_apack);
-                gc_gemm_macro(mc, nc, kc, gc_gemm_apack, 1, GC_GEMM_MR, kc, NULL, trans_b, B, ldb,
-                              p0, j0, in_place, ct, ldc, add, alpha);
+                /* A^T over gathered rows has no stride along k: always packed, in pieces
+                   that fit the packing block (one piece where the bounds cover the
+                   product, as a generated model's do; see gc_gemm_gather) */
+                for (int i = 0; i < mc; i += GC_GEMM_APACK_ROWS) {
+                    const int mi = gc_gemm_min(GC_GEMM_APACK_ROWS, mc - i);
+                    for (int q = 0; q < kc; q += GC_GEMM_APACK_DEPTH) {
+                        const int kq = gc_gemm_min(GC_GEMM_APACK_DEPTH, kc - q);
+                        gc_gemm_pack_at_gathered(A, arows, lda, i0 + i, p0 + q, mi, kq,
+                                                 gc_gemm_apack);
+                        gc_gemm_macro(mi, nc, kq, gc_gemm_apack, 1, GC_GEMM_MR, kq, NULL, trans_b,
+                                      B, ldb, p0 + q, j0, in_place, ct + (size_t)i * ldc, ldc,
+                                      add || q > 0, alpha);
+                    }
+                }
             } else if (trans_a && nc >= 4 * GC_GEMM_NR && mc <= GC_GEMM_APACK_ROWS &&
                        kc <= GC_GEMM_APACK_DEPTH) {
                 /* Packing A^T pays off once enough B micro-panels reuse it. */
@@ -578,9 +586,11 @@ static inline void gc_gemm_scaled(int trans_a, int trans_b, int M, int N, int K,
    shuffled training rows is read where it lies, with no copy.  arows NULL reads A as
    gc_gemm does.  The result is bit-identical to gc_gemm's on a copy of the gathered rows
    (the same FMA chains; only where A is read from differs).  Gathered rows of A are read
-   in place; a gathered A^T is always packed, so a source that bounds the packing block
-   (GC_GEMM_APACK_M/_K) counts its gathered A^T products in those bounds, as it does the
-   others.  Then a barrier when wait. */
+   in place; a gathered A^T is always packed.  Where a source bounds the packing block
+   (GC_GEMM_APACK_M/_K) below such a product, the product is packed in pieces: rows apart
+   give the same bits, but K apart adds each K block's sum in parts, so the bits may
+   differ from gc_gemm's.  A generated model's bounds count every A^T product.  Then a
+   barrier when wait. */
 static inline void gc_gemm_gather(int trans_a, int trans_b, int M, int N, int K, GC_REAL alpha,
                                   const GC_REAL *A, const int64_t *arows, int lda,
                                   const GC_REAL *B, int ldb, int accumulate, GC_REAL *C, int ldc,

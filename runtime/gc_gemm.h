@@ -250,11 +250,11 @@ static inline void gc_gemm_pack_b(int trans_b, const GC_REAL *B, int ldb, int p0
                     dv[1] = sv[1];
                 }
             } else {
+                /* a fixed-width row with the columns past nr masked off: compilers turn
+                   it into masked vector loads where the target has them */
                 for (int k = 0; k < kc; k++) {
-                    for (int j = 0; j < nr; j++)
-                        d[k * GC_GEMM_NR + j] = s[(size_t)k * ldb + j];
-                    for (int j = nr; j < GC_GEMM_NR; j++)
-                        d[k * GC_GEMM_NR + j] = 0;
+                    for (int j = 0; j < GC_GEMM_NR; j++)
+                        d[k * GC_GEMM_NR + j] = j < nr ? s[(size_t)k * ldb + j] : 0;
                 }
             }
             continue;
@@ -390,15 +390,21 @@ gc_gemm_micro(int kc, const GC_REAL *a, ptrdiff_t rs, const GC_REAL *const *ap, 
     ((gc_gemm_vec *)(tile + (r) * GC_GEMM_NR))[1] = c##r##1;
     GC_GEMM_ROWS(GC_GEMM_SPILL)
 #undef GC_GEMM_SPILL
+    /* fixed-width rows with the columns past nr masked off (masked vector stores where
+       the target has them) */
     for (int i = 0; i < mr; i++) {
         GC_REAL *ci = c + (size_t)i * ldc;
         const GC_REAL *ti = tile + i * GC_GEMM_NR;
         if (add) {
-            for (int j = 0; j < nr; j++)
-                ci[j] += alpha * ti[j];
+            for (int j = 0; j < GC_GEMM_NR; j++) {
+                if (j < nr)
+                    ci[j] += alpha * ti[j];
+            }
         } else {
-            for (int j = 0; j < nr; j++)
-                ci[j] = alpha * ti[j];
+            for (int j = 0; j < GC_GEMM_NR; j++) {
+                if (j < nr)
+                    ci[j] = alpha * ti[j];
+            }
         }
     }
 }

@@ -482,7 +482,7 @@ double golden_binary_train_epoch(golden_binary_model *m, const float *x, const f
         const int n = (int)(count - start < BATCH ? count - start : BATCH);
         for (int r = 0; r < n; ++r) {
             const int64_t row = perm[start + r];
-            memcpy(batch_t + (size_t)r * 1, v_t + (size_t)row * 1, 1 * sizeof *v_t);
+            batch_t[r] = v_t[row];
         }
         total += train_batch(m, n, x, perm + start, batch_t) * n;
         right += m->correct;

@@ -651,7 +651,7 @@ double golden_conv_train_epoch(golden_conv_model *m, const float *x, const int32
         for (int r = 0; r < n; ++r) {
             const int64_t row = perm[start + r];
             memcpy(batch_x + (size_t)r * 36, x + (size_t)row * 36, 36 * sizeof *x);
-            memcpy(batch_y + (size_t)r * 1, y + (size_t)row * 1, 1 * sizeof *y);
+            batch_y[r] = y[row];
         }
         total += train_batch(m, n, batch_x, batch_y) * n;
         right += m->correct;

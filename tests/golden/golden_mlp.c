@@ -457,7 +457,7 @@ double golden_mlp_train_epoch(golden_mlp_model *m, const float *x, const int32_t
         const int n = (int)(count - start < BATCH ? count - start : BATCH);
         for (int r = 0; r < n; ++r) {
             const int64_t row = perm[start + r];
-            memcpy(batch_y + (size_t)r * 1, y + (size_t)row * 1, 1 * sizeof *y);
+            batch_y[r] = y[row];
         }
         total += train_batch(m, n, x, perm + start, batch_y) * n;
         right += m->correct;

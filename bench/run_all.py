@@ -14,9 +14,12 @@ graphc and the peers take turns, and the median of the rounds is printed, with t
 average before and after (on a shared machine, a load well above the benchmark's own
 threads means the figures measure the neighbours) and, after each workload, the FMA rate a
 team of threads gets at that moment (near the peak when each thread has a core of its
-own; about half of it when a virtual machine's host has put two vCPUs on one core).  The
-throughput part ends with one line per workload: graphc's rate over the best peer's, and
-whether that meets the issue's target.
+own; about half of it when a virtual machine's host has put two vCPUs on one core) and
+the time a cache line takes from one thread to the other and back (about 50 ns on this
+project's VM when the host has put the two vCPUs on one CCD, about 300 ns across two,
+where every multi-threaded figure, graphc's most, is lower).  The throughput part ends
+with one line per workload: graphc's rate over the best peer's, and whether that meets
+the issue's target.
 
 Usage (repository root): python bench/run_all.py [--quick] [--threads N] [--repeats R]
                          [--skip compile,memory,...]
@@ -74,10 +77,16 @@ def summary(results: dict[str, tuple[str, float] | None]) -> None:
 
 
 def cores(threads: int, peak: float | None) -> None:
-    """Print the FMA rate of a team of ``threads`` now, against the peak."""
+    """Print the FMA rate of a team of ``threads`` now, against the peak, and the time a
+    cache line takes between two threads and back (where the host put the vCPUs)."""
     rate = common.team_fma(threads)
+    trip = common.line_trip_ns() if threads > 1 else None
     if rate and peak:
-        print(f"{'':34} (team FMA rate now {rate:.0f} GFLOP/s, {100 * rate / peak:.0f}% of peak)")
+        where = f"; cache line round trip {trip:.0f} ns" if trip else ""
+        print(
+            f"{'':34} (team FMA rate now {rate:.0f} GFLOP/s, {100 * rate / peak:.0f}% of peak"
+            f"{where})"
+        )
 
 
 def mlp_rates(w: mlp.Workload, threads: int, repeats: int) -> dict[str, float]:

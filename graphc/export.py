@@ -295,7 +295,7 @@ def export(
     frozen = {pp.param.label for pp in model.plan.params if not pp.trainable}
     plan, _ = plan_model(graph, batch_size, model.plan.dtype, optimizer, frozen)
     real = "float" if plan.dtype == "float32" else "double"
-    target = Target(name="embedded", real=real, parallel_for="", single="", simd="")
+    target = Target(name="embedded", real=real, parallel_for="", single="", barrier="", simd="")
     env = environment()
     params = {pp.param.name: pp.param for pp in plan.params}
     values = model.params

@@ -466,6 +466,66 @@ static inline void gc_gemm_grid(int mpanels, int npanels, int nthreads, int *gm,
     *gn = n;
 }
 
+/* One tile of C: rows [i0, i0 + mc) x columns [j0, j0 + nc), all of K, in K blocks of
+   near-equal size (<= KC) that depend on K only, so a tile's values never depend on how
+   C was cut into tiles.  The arguments are those of gc_gemm_tiles. */
+static inline void gc_gemm_tile(int trans_a, int trans_b, int i0, int mc, int j0, int nc, int K,
+                                const GC_REAL *A, const int64_t *arows, int lda,
+                                const GC_REAL *B, int ldb, int accumulate, GC_REAL alpha,
+                                GC_REAL *C, int ldc)
+{
+    const int kblocks = gc_gemm_ceil_div(K, GC_GEMM_KC);
+    /* op(A)[i][k] = A[i*rs + k*cs] */
+    const ptrdiff_t rs = trans_a ? 1 : lda;
+    const ptrdiff_t cs = trans_a ? lda : 1;
+    GC_REAL *ct = C + (size_t)i0 * ldc + j0;
+    if (kblocks == 0 && !accumulate) {
+        for (int i = 0; i < mc; i++) {
+            for (int j = 0; j < nc; j++)
+                ct[(size_t)i * ldc + j] = 0;
+        }
+    }
+    for (int kb = 0; kb < kblocks; kb++) {
+        const int p0 = (int)((long long)kb * K / kblocks);
+        const int kc = (int)((long long)(kb + 1) * K / kblocks) - p0;
+        /* A small row-major B panel is read where it is (it stays in cache anyway);
+           only its ragged last micro-panel, if any, is packed with zero padding. */
+        const int in_place =
+            !trans_b && (size_t)kc * nc * sizeof(GC_REAL) <= GC_GEMM_IN_PLACE_BYTES;
+        const GC_REAL *a = A + i0 * rs + p0 * cs;
+        const int add = accumulate || kb > 0;
+        if (arows && !trans_a) {
+            /* gathered rows, read in place one row pointer each */
+            gc_gemm_macro(mc, nc, kc, A + p0, lda, 1, lda, arows + i0, trans_b, B, ldb, p0,
+                          j0, in_place, ct, ldc, add, alpha);
+        } else if (arows) {
+            /* A^T over gathered rows has no stride along k: always packed, in pieces
+               that fit the packing block (one piece where the bounds cover the
+               product, as a generated model's do; see gc_gemm_gather) */
+            for (int i = 0; i < mc; i += GC_GEMM_APACK_ROWS) {
+                const int mi = gc_gemm_min(GC_GEMM_APACK_ROWS, mc - i);
+                for (int q = 0; q < kc; q += GC_GEMM_APACK_DEPTH) {
+                    const int kq = gc_gemm_min(GC_GEMM_APACK_DEPTH, kc - q);
+                    gc_gemm_pack_at_gathered(A, arows, lda, i0 + i, p0 + q, mi, kq,
+                                             gc_gemm_apack);
+                    gc_gemm_macro(mi, nc, kq, gc_gemm_apack, 1, GC_GEMM_MR, kq, NULL, trans_b,
+                                  B, ldb, p0 + q, j0, in_place, ct + (size_t)i * ldc, ldc,
+                                  add || q > 0, alpha);
+                }
+            }
+        } else if (trans_a && nc >= 4 * GC_GEMM_NR && mc <= GC_GEMM_APACK_ROWS &&
+                   kc <= GC_GEMM_APACK_DEPTH) {
+            /* Packing A^T pays off once enough B micro-panels reuse it. */
+            gc_gemm_pack_at(a, lda, mc, kc, gc_gemm_apack);
+            gc_gemm_macro(mc, nc, kc, gc_gemm_apack, 1, GC_GEMM_MR, kc, NULL, trans_b, B, ldb,
+                          p0, j0, in_place, ct, ldc, add, alpha);
+        } else {
+            gc_gemm_macro(mc, nc, kc, a, rs, cs, rs, NULL, trans_b, B, ldb, p0, j0, in_place,
+                          ct, ldc, add, alpha);
+        }
+    }
+}
+
 /* C[M x N] (row-major, leading dim ldc) = op(A)[M x K] * op(B)[K x N]  (+ C if accumulate)
    op(A) = A (row-major M x K, lda) if !trans_a, else A^T where A is stored K x M (lda).
    op(B) = B (row-major K x N, ldb) if !trans_b, else B^T where B is stored N x K (ldb).
@@ -488,11 +548,6 @@ static inline void gc_gemm_tiles(int trans_a, int trans_b, int M, int N, int K, 
     if (M > 0 && N > 0)
         gc_gemm_grid(mpanels, npanels, nthreads, &gm, &gn);
     const int ntiles = gm * gn;
-    /* K blocks of near-equal size (<= KC); they depend on K only. */
-    const int kblocks = gc_gemm_ceil_div(K, GC_GEMM_KC);
-    /* op(A)[i][k] = A[i*rs + k*cs] */
-    const ptrdiff_t rs = trans_a ? 1 : lda;
-    const ptrdiff_t cs = trans_a ? lda : 1;
 
     GC_GEMM_OMP_FOR
     for (int t = 0; t < ntiles; t++) {
@@ -502,56 +557,10 @@ static inline void gc_gemm_tiles(int trans_a, int trans_b, int M, int N, int K, 
         const int i1 = gc_gemm_min((int)((long long)(ti + 1) * mpanels / gm) * GC_GEMM_MR, M);
         const int j0 = (int)((long long)tj * npanels / gn) * GC_GEMM_NR;
         const int j1 = gc_gemm_min((int)((long long)(tj + 1) * npanels / gn) * GC_GEMM_NR, N);
-        const int mc = i1 - i0;
-        const int nc = j1 - j0;
-        GC_REAL *ct = C + (size_t)i0 * ldc + j0;
-        if (kblocks == 0 && !accumulate) {
-            for (int i = 0; i < mc; i++) {
-                for (int j = 0; j < nc; j++)
-                    ct[(size_t)i * ldc + j] = 0;
-            }
-        }
-        for (int kb = 0; kb < kblocks; kb++) {
-            const int p0 = (int)((long long)kb * K / kblocks);
-            const int kc = (int)((long long)(kb + 1) * K / kblocks) - p0;
-            /* A small row-major B panel is read where it is (it stays in cache anyway);
-               only its ragged last micro-panel, if any, is packed with zero padding. */
-            const int in_place =
-                !trans_b && (size_t)kc * nc * sizeof(GC_REAL) <= GC_GEMM_IN_PLACE_BYTES;
-            const GC_REAL *a = A + i0 * rs + p0 * cs;
-            const int add = accumulate || kb > 0;
-            if (arows && !trans_a) {
-                /* gathered rows, read in place one row pointer each */
-                gc_gemm_macro(mc, nc, kc, A + p0, lda, 1, lda, arows + i0, trans_b, B, ldb, p0,
-                              j0, in_place, ct, ldc, add, alpha);
-            } else if (arows) {
-                /* A^T over gathered rows has no stride along k: always packed, in pieces
-                   that fit the packing block (one piece where the bounds cover the
-                   product, as a generated model's do; see gc_gemm_gather) */
-                for (int i = 0; i < mc; i += GC_GEMM_APACK_ROWS) {
-                    const int mi = gc_gemm_min(GC_GEMM_APACK_ROWS, mc - i);
-                    for (int q = 0; q < kc; q += GC_GEMM_APACK_DEPTH) {
-                        const int kq = gc_gemm_min(GC_GEMM_APACK_DEPTH, kc - q);
-                        gc_gemm_pack_at_gathered(A, arows, lda, i0 + i, p0 + q, mi, kq,
-                                                 gc_gemm_apack);
-                        gc_gemm_macro(mi, nc, kq, gc_gemm_apack, 1, GC_GEMM_MR, kq, NULL, trans_b,
-                                      B, ldb, p0 + q, j0, in_place, ct + (size_t)i * ldc, ldc,
-                                      add || q > 0, alpha);
-                    }
-                }
-            } else if (trans_a && nc >= 4 * GC_GEMM_NR && mc <= GC_GEMM_APACK_ROWS &&
-                       kc <= GC_GEMM_APACK_DEPTH) {
-                /* Packing A^T pays off once enough B micro-panels reuse it. */
-                gc_gemm_pack_at(a, lda, mc, kc, gc_gemm_apack);
-                gc_gemm_macro(mc, nc, kc, gc_gemm_apack, 1, GC_GEMM_MR, kc, NULL, trans_b, B, ldb,
-                              p0, j0, in_place, ct, ldc, add, alpha);
-            } else {
-                gc_gemm_macro(mc, nc, kc, a, rs, cs, rs, NULL, trans_b, B, ldb, p0, j0, in_place,
-                              ct, ldc, add, alpha);
-            }
-        }
+        gc_gemm_tile(trans_a, trans_b, i0, i1 - i0, j0, j1 - j0, K, A, arows, lda, B, ldb,
+                     accumulate, alpha, C, ldc);
         if (epilogue)
-            epilogue(ctx, i0, mc, j0, nc);
+            epilogue(ctx, i0, i1 - i0, j0, j1 - j0);
     }
 }
 
@@ -606,6 +615,49 @@ static inline void gc_gemm_gather(int trans_a, int trans_b, int M, int N, int K,
                   epilogue, ctx);
     if (wait) {
         GC_GEMM_BARRIER
+    }
+}
+
+/* This thread's band of M rows: whole micro-panels of MR rows shared out evenly over the
+   team in thread order (the last band ends at M; a band may be empty).  It depends only
+   on M and the team, so a loop that calls it each step gives every thread the same rows
+   every time. */
+static inline void gc_gemm_band(int M, int *r0, int *nr)
+{
+    int nthreads = 1;
+    int me = 0;
+#ifdef _OPENMP
+    nthreads = omp_get_num_threads();
+    me = omp_get_thread_num();
+#endif
+    const int mpanels = gc_gemm_ceil_div(M, GC_GEMM_MR);
+    const int first = gc_gemm_min((int)((long long)me * mpanels / nthreads) * GC_GEMM_MR, M);
+    const int last = gc_gemm_min((int)((long long)(me + 1) * mpanels / nthreads) * GC_GEMM_MR, M);
+    *r0 = first;
+    *nr = last - first;
+}
+
+/* C = op(A) . op(B) (+ C) on this thread's band of rows (gc_gemm_band) only, every column,
+   and no barrier: each thread reads the rows of op(A) and writes the rows of C of its own
+   band.  A recurrence over a batch (row r of step t's A is row r of step t-1's C) then
+   needs no barrier between steps, and no row crosses between threads; the caller waits
+   once after the loop.  The values are gc_gemm's: tiles never change a result. */
+static inline void gc_gemm_rows(int trans_a, int trans_b, int M, int N, int K, const GC_REAL *A,
+                                int lda, const GC_REAL *B, int ldb, int accumulate, GC_REAL *C,
+                                int ldc)
+{
+    int r0 = 0;
+    int nr = 0;
+    gc_gemm_band(M, &r0, &nr);
+    if (nr <= 0)
+        return;
+    for (int j0 = 0; j0 < N; j0 += GC_GEMM_NC) {
+        const int nc = gc_gemm_min(GC_GEMM_NC, N - j0);
+        for (int i0 = r0; i0 < r0 + nr; i0 += GC_GEMM_MC) {
+            const int mc = gc_gemm_min(GC_GEMM_MC, r0 + nr - i0);
+            gc_gemm_tile(trans_a, trans_b, i0, mc, j0, nc, K, A, NULL, lda, B, ldb, accumulate,
+                         1, C, ldc);
+        }
     }
 }
 

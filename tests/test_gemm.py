@@ -17,6 +17,7 @@ WARNINGS = ["-std=gnu11", "-Wall", "-Wextra", "-Werror"]
 
 CDEF = """
 int h_real_size(void);
+int h_gemm_mr(void);
 int h_openmp(void);
 void h_gemm(int trans_a, int trans_b, int m, int n, int k, const void *a, int lda,
             const void *b, int ldb, int accumulate, void *c, int ldc, int nthreads,
@@ -26,6 +27,9 @@ void h_gemm_scaled(int trans_a, int trans_b, int m, int n, int k, double alpha, 
 void h_gemm_gather(int trans_a, int trans_b, int m, int n, int k, double alpha, const void *a,
                    const int64_t *rows, int lda, const void *b, int ldb, int accumulate, void *c,
                    int ldc, int nthreads);
+void h_gemm_rows(int trans_a, int trans_b, int m, int n, int k, const void *a, int lda,
+                 const void *b, int ldb, int accumulate, void *c, int ldc, int nthreads,
+                 int *bands);
 """
 
 # (M, N, K): zeros, ones, odd sizes, exact micro-tiles, and sizes past every block
@@ -267,6 +271,40 @@ def test_gemm_gather(libs, build, dtype, ta, tb):
                     assert np.array_equal(c[:, N:], c0[:, N:]) and np.array_equal(c[M:], c0[M:])
                     first = c if first is None else first
                     assert first.tobytes() == c.tobytes(), f"not deterministic: {where}"
+
+
+@pytest.mark.parametrize("build", ["gcc-openmp-native", "gcc-portable"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ta,tb", TRANS)
+def test_gemm_rows(libs, build, dtype, ta, tb):
+    """gc_gemm_rows (a recurrence's product: each thread its own band of rows, no barrier)
+    gives gc_gemm's bits for every thread count, with and without accumulate; the bands are
+    whole micro-panels of rows in thread order that cover the rows exactly once."""
+    ffi, lib = libs(build, dtype)
+    rng = np.random.default_rng(21 + 2 * ta + tb)
+    for index, (M, N, K) in enumerate(SIZES):
+        pad = index % 3
+        a, _, lda = _strided(rng, K if ta else M, M if ta else K, pad, dtype)
+        b, _, ldb = _strided(rng, N if tb else K, K if tb else N, pad + 1, dtype)
+        c0, _, ldc = _strided(rng, M, N, pad + 2, dtype)
+        for accumulate in (0, 1):
+            want, _, _ = _run(ffi, lib, ta, tb, M, N, K, a, lda, b, ldb, accumulate, c0, ldc, 0)
+            for nthreads in [1, 2, 3, 0] if "-fopenmp" in BUILDS[build][1] else [0]:
+                c = c0.copy()
+                bands = np.full(2 * max(nthreads, 1), -1, dtype=np.intc)
+                lib.h_gemm_rows(
+                    ta, tb, M, N, K, ffi.from_buffer(a), lda, ffi.from_buffer(b), ldb,
+                    accumulate, ffi.from_buffer(c), ldc, nthreads,
+                    ffi.cast("int *", ffi.from_buffer(bands)),
+                )  # fmt: skip
+                where = f"{build} {dtype.__name__} ta={ta} tb={tb} M,N,K={M},{N},{K} "
+                where += f"acc={accumulate} threads={nthreads}"
+                assert c.tobytes() == want.tobytes(), where
+                starts, sizes = bands[0::2], bands[1::2]
+                assert starts[0] == 0 and np.all(sizes >= 0), where
+                assert np.array_equal(starts[1:], (starts + sizes)[:-1]), where
+                assert starts[-1] + sizes[-1] == M, where
+                assert np.all((starts % lib.h_gemm_mr() == 0) | (starts == M)), where
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

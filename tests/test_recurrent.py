@@ -5,7 +5,9 @@ for rnn, lstm and gru in every output mode (every step, last step, one-to-many t
 gc.repeat), bidirectional, T in {1, 3, 7}, with float, one-hot and embedding inputs and an
 initial state computed by the graph (so δ reaches it).  Forward: against a NumPy reference
 and, when torch imports, torch.nn.RNN/LSTM/GRU with copied weights.  Truncated BPTT against
-a NumPy reference.  Sizes per axis are distinct: features 4, hidden 5, classes 6, rows 3.
+a NumPy reference.  The C time loops (each thread its own rows, no barrier between steps)
+give the same bits on 1, 2 and 3 threads.  Sizes per axis are distinct: features 4,
+hidden 5, classes 6, rows 3.
 """
 
 from __future__ import annotations
@@ -310,7 +312,7 @@ def test_one_projection_gemm_and_one_time_loop(models):
     projection = [k for k in train.kernels if isinstance(k, GemmKernel) and k.c.label == "rec.z"]
     assert len(scans) == 1 and len(grads) == 1
     assert len(projection) == 1 and projection[0].m.coef == 7 and projection[0].m.batched
-    assert "gc_gemm(0, 0, n, 5," in model.source  # one n x H . H x H product per step
+    assert "gc_gemm_rows(0, 0, n, 5," in model.source  # one n x H . H x H product per step
     assert "malloc" not in model.source.split("_create(void)")[0]
 
 
@@ -364,3 +366,38 @@ def test_kernel_templates_get_every_variable_they_use(models):
                 seen.add(ctx["template"])
     assert {"c/rnn_forward.c.j2", "c/rnn_backward.c.j2", "c/copy.c.j2"} <= seen
     assert {"c/gather.c.j2", "c/scatter_add.c.j2"} <= seen
+
+
+@pytest.mark.needs_cc
+@pytest.mark.parametrize("kind", KINDS)
+def test_time_loops_give_the_same_bits_on_any_team(kind):
+    """In C each thread carries its own band of the batch through a time loop with no
+    barrier between steps: training (forward and backward loops, bidirectional, with δ
+    reaching an initial state) gives the same parameters on 1, 2 and 3 threads.  The team
+    is forced on (GC_TEAM_FLOPS=0) and 13 rows leave a ragged band, and an empty one."""
+    from graphc.build import default_flags, find_compiler
+
+    g = gc.Graph(f"team_{kind}")
+    x = g.input("x", (6, F))
+    s = g.input("s", (2,))
+    y = g.input("y", (6,), dtype="int32")
+    h0 = gc.dense(s, H, activation="tanh", name="enc")
+    h = _layer(kind, x, return_sequences=True, bidirectional=True, initial_state=h0)
+    g.minimize(gc.softmax_cross_entropy(gc.dense(h, V, name="out"), y))
+    flags = default_flags(find_compiler()) + ["-DGC_TEAM_FLOPS=0"]
+    rng = np.random.default_rng(5)
+    data = {
+        "x": rng.standard_normal((13, 6, F)),
+        "s": rng.standard_normal((13, 2)),
+        "y": rng.integers(0, V, (13, 6)).astype(np.int32),
+    }
+    results = []
+    for threads in (1, 2, 3):
+        model = gc.compile(
+            g, dtype="float64", batch_size=13, seed=1, optimizer=gc.Adam(0.01), cflags=flags,
+            num_threads=threads,
+        )  # fmt: skip
+        for _ in range(3):
+            model.train_step(**data)
+        results.append({k: v.tobytes() for k, v in model.params.items()})
+    assert results[0] == results[1] == results[2]

@@ -96,6 +96,8 @@ class Target:
     extension: str = "c"
     parallel_for: str = "#pragma omp for schedule(static)"
     single: str = "#pragma omp single"
+    #: where a kernel whose threads worked on their own rows waits for the whole team
+    barrier: str = "#pragma omp barrier"
     #: how a program calls a kernel's function (CUDA adds the stream and an error check)
     call: str = "{name}({args});"
     simd: str = "#pragma omp simd"
@@ -216,6 +218,7 @@ class KernelContexts:
         if ctx["nowait"]:
             ctx["parallel_for"] += " nowait"
         ctx["single"] = self.target.single
+        ctx["barrier"] = self.target.barrier
         ctx["real"] = self.target.real
         return ctx
 

@@ -46,6 +46,7 @@ def cuda_target(real: str) -> Target:
         extension="cu",
         parallel_for="",
         single="",
+        barrier="",
         simd="",
         call='GC_KERNEL(m, "{name}", {name}(m->stream, {args}));',
     )

@@ -22,7 +22,13 @@ bidirectional layer (PyTorch's ``..._l0_reverse``).
 
 Backpropagation through time: the scan's adjoint is one "scan backward" node, δ of NAME.z
 for every step, computed by one C function that walks time backwards with one GEMM
-δuᵗ⁺¹ · Wᵀ per step and the cell's δ program as its epilogue.  That program is derived
+δuᵗ⁺¹ · Wᵀ per step and then the cell's δ program.
+
+In C each thread of the team takes its own band of the batch's rows (``gc_gemm_band``)
+through every step of a time loop, product and cell: row r of a step reads only row r of
+the step before, so the loop has no barrier inside it and no row moves between threads
+(one barrier after the loop).  CUDA runs each step's product over the whole batch with
+the cell as its epilogue.  That program is derived
 by a reverse sweep over the cell's sympy program: local derivatives come from
 ``sympy.diff`` and, for activations, ``symbolic.derivative_in_output`` (σ' = O(1 − O),
 tanh' = 1 − O²), so the backward pass reads the gate outputs the forward pass stored.
@@ -382,7 +388,8 @@ class Prev:
 class ScanKernel(Kernel):
     """Forward time loop: per step u = hᵗ⁻¹ · W (one GEMM), then the cell on every unit.
 
-    With ``u`` None (one gate block) the cell is the GEMM's epilogue and u lands in h itself.
+    With ``u`` None (one gate block) u lands in h itself and the cell turns it into h (on
+    CUDA as the GEMM's epilogue).
     """
 
     steps: int
@@ -417,14 +424,14 @@ class ScanKernel(Kernel):
         params, args = signature(self, contexts.target.real, True)
         time = f"{T - 1} - gc_step" if self.reverse else "gc_step"
         if self.u is None:
-            u, ldu, epilogue = f"{owner(self.h)} + gc_s.time * {H}", T * H, f"{self.name}_cell"
+            u, ldu = f"{owner(self.h)} + gc_s.time * {H}", T * H
         else:
-            u, ldu, epilogue = owner(self.u), self.width, None
+            u, ldu = owner(self.u), self.width
         h0 = next(p.initial for p in self.prev if p.state == "h")
+        product, tail = _step_product(contexts)
         gemm = (
-            f"gc_gemm(0, 0, n, {self.width}, gc_step > 0 ? {H} : {H if h0 else 0}, gc_s.h_prev, "
-            f"gc_s.h_ld, {owner(self.w)}, {self.width}, 0, {u}, {ldu}, "
-            + (f"{epilogue}, &gc_s)" if epilogue else "NULL, NULL)")
+            f"{product}(0, 0, n, {self.width}, gc_step > 0 ? {H} : {H if h0 else 0}, "
+            f"gc_s.h_prev, gc_s.h_ld, {owner(self.w)}, {self.width}, 0, {u}, {ldu}{tail})"
         )
         return {
             **ctx,
@@ -434,6 +441,7 @@ class ScanKernel(Kernel):
             "hidden": H,
             "per_step": [("time", time)] + _prev_assignments(self, "gc_step > 0", ctx),
             "gemm": gemm,
+            "band": product == "gc_gemm_rows",
             "fused": self.u is None,
         }
 
@@ -460,7 +468,7 @@ class ScanKernel(Kernel):
 @dataclass(frozen=True)
 class ScanGradKernel(Kernel):
     """Backward time loop: per step δhᵗ's recurrent part = δuᵗ⁺¹ · Wᵀ (one GEMM into ``dh``,
-    added to the direct part the cell left there), then the cell's δ program as the epilogue.
+    added to the direct part the cell left there), then the cell's δ program.
 
     ``initial``: after the loop, ``dh`` becomes δ of the initial hidden state.
     """
@@ -505,17 +513,17 @@ class ScanGradKernel(Kernel):
         later = "gc_s.time - 1" if self.reverse else "gc_s.time + 1"
         accumulate = "gc_s.live" if self.direct else "0"
         d_u, w, dh = owner(self.d_u), owner(self.w), owner(self.dh)
+        product, tail = _step_product(contexts)
         gemm = (
-            f"gc_gemm(0, 1, n, {H}, gc_s.live ? {G} : 0, {d_u} + (gc_s.live ? {later} : "
-            f"gc_s.time) * {G}, {T * G}, {w}, {G}, {accumulate}, {dh}, {H}, "
-            f"{self.name}_cell, &gc_s)"
+            f"{product}(0, 1, n, {H}, gc_s.live ? {G} : 0, {d_u} + (gc_s.live ? {later} : "
+            f"gc_s.time) * {G}, {T * G}, {w}, {G}, {accumulate}, {dh}, {H}{tail})"
         )
         final = None
         if self.initial:
             first = T - 1 if self.reverse else 0
             final = (
-                f"gc_gemm(0, 1, n, {H}, {G}, {d_u} + {first * G}, {T * G}, {w}, {G}, "
-                f"{int(self.direct)}, {dh}, {H}, NULL, NULL)"
+                f"{product}(0, 1, n, {H}, {G}, {d_u} + {first * G}, {T * G}, {w}, {G}, "
+                f"{int(self.direct)}, {dh}, {H}{tail})"
             )
         per_step = [("time", time), ("live", live)]
         per_step += _prev_assignments(self, f"gc_step < {T - 1}", ctx)
@@ -526,6 +534,7 @@ class ScanGradKernel(Kernel):
             "steps": T,
             "per_step": per_step,
             "gemm": gemm,
+            "band": product == "gc_gemm_rows",
             "final": final,
         }
 
@@ -552,6 +561,15 @@ class ScanGradKernel(Kernel):
             )
         ctx["hidden"] = H
         return ctx
+
+
+def _step_product(contexts: Any) -> tuple[str, str]:
+    """The C function of a time step's product, and the end of its argument list: with a
+    team of threads each takes its own band of the batch's rows (``gc_gemm_rows``, no
+    epilogue); a target without threads (the embedded export) runs ``gc_gemm`` on them all."""
+    if contexts.target.parallel_for:
+        return "gc_gemm_rows", ""
+    return "gc_gemm", ", NULL, NULL"
 
 
 def _prev_assignments(kernel: Any, condition: str, ctx: dict) -> list[tuple[str, str]]:

@@ -7,12 +7,15 @@
  *     C[M x N] = op(A)[M x K] . op(B)[K x N]   (+ C when accumulate)
  *     C[M x N] += alpha * op(A) . op(B)          (gc_gemm_scaled: a fused SGD step)
  *     either, with A's rows gathered by an index  (gc_gemm_gather: a shuffled batch)
+ *     C = op(A) . op(B) on this thread's band of rows only, no barrier
+ *                                                (gc_gemm_rows: a recurrence's step)
  *
  * Structure (Goto/BLIS blocking):
  *   - C is cut into tiles of whole micro-tiles (at most GC_GEMM_MC x GC_GEMM_NC);
  *     the tiles are shared out by an orphaned `omp for`, so the function is called
  *     by every thread of an enclosing parallel region (or by one thread outside
- *     any region, or without OpenMP at all).
+ *     any region, or without OpenMP at all).  gc_gemm_rows instead gives each thread
+ *     the tiles of its own band of rows (gc_gemm_band), the same band every call.
  *   - For each tile, K is walked in blocks of kc <= GC_GEMM_KC.  The kc x nc panel
  *     of op(B) is taken one micro-panel of GC_GEMM_NR columns at a time, packed on
  *     the stack (a transpose when trans_b; the micro-panels of a row-major panel of

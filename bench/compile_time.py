@@ -96,7 +96,7 @@ def depth_times(depths: list[int]) -> list[dict[str, float]]:
                 t0 = time.perf_counter()
                 graph = mlp_graph((64,) * (depth + 1) + (10,), name=f"deep{depth}")
                 t1 = time.perf_counter()
-                plan, _ = plan_model(graph, 32, "float32", gc.SGD(lr=0.01))
+                plan = plan_model(graph, 32, "float32", gc.SGD(lr=0.01))
                 t2 = time.perf_counter()
                 source, header, cdef = render_model(plan)
                 t3 = time.perf_counter()

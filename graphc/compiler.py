@@ -29,7 +29,7 @@ from typing import Any
 
 import sympy as sp
 
-from graphc.autodiff import Backward, ancestors, differentiate
+from graphc.autodiff import ancestors, differentiate
 from graphc.codegen.names import Namer
 from graphc.errors import GraphError
 from graphc.graph import Graph, Node
@@ -233,7 +233,7 @@ def plan_model(
     frozen: set[str] | None = None,
     lanes: bool = False,
     fuse_steps: bool = False,
-) -> tuple[ModelPlan, Backward | None]:
+) -> ModelPlan:
     """Stages 1-6: from a Graph to a ModelPlan.
 
     ``lanes``: lay wide convolutions out for a vectorizing CPU target (the C backend):
@@ -396,7 +396,7 @@ def plan_model(
         rows_per_sample=rows,
         optimizer=optimizer.describe() if optimizer is not None else "none",
     )
-    return plan, backward
+    return plan
 
 
 @functools.cache
@@ -491,7 +491,7 @@ def compile(  # noqa: A001 - the public name the DSL promises
     key = plan_key(graph, batch_size, dtype, optimizer, frozen, target)
     record = load_plan(key)
     if record is None:
-        plan, _ = plan_model(
+        plan = plan_model(
             graph, batch_size, dtype, optimizer, frozen, lanes=target == "c", fuse_steps=True
         )
         render = c.render_model if target == "c" else cuda.render_model

@@ -293,7 +293,7 @@ def export(
             "export(training=True) needs a model compiled with a loss and an optimizer"
         )
     frozen = {pp.param.label for pp in model.plan.params if not pp.trainable}
-    plan, _ = plan_model(graph, batch_size, model.plan.dtype, optimizer, frozen)
+    plan = plan_model(graph, batch_size, model.plan.dtype, optimizer, frozen)
     real = "float" if plan.dtype == "float32" else "double"
     target = Target(name="embedded", real=real, parallel_for="", single="", barrier="", simd="")
     env = environment()

@@ -62,7 +62,7 @@ REFERENCES = {
 @pytest.fixture(scope="module", params=sorted(REFERENCES))
 def reference(request):
     build, optimizer = REFERENCES[request.param]
-    plan, _ = plan_model(build(), 8, "float32", optimizer)
+    plan = plan_model(build(), 8, "float32", optimizer)
     return request.param, plan
 
 
@@ -102,7 +102,7 @@ def test_generated_comments_are_ascii_where_c_needs_it(reference):
 
 
 def test_names_come_from_the_graph():
-    plan, _ = plan_model(mlp(), 8, "float32", gc.SGD(0.1))
+    plan = plan_model(mlp(), 8, "float32", gc.SGD(0.1))
     source, header, _ = render_model(plan)
     for name in ("hidden_W", "hidden_b", "out_W", "delta_hidden", "delta_out", "grad_hidden_W"):
         assert re.search(rf"\b{name}\b", source), name
@@ -121,7 +121,7 @@ def test_names_that_clash_with_c_or_template_locals_are_renamed():
     s = gc.reshape(gc.sum(z), (1,), name="total") * p_sum
     g.output("out", s)
     g.minimize(gc.mse(s, y))
-    plan, _ = plan_model(g, 4, "float32", gc.SGD(0.1))
+    plan = plan_model(g, 4, "float32", gc.SGD(0.1))
     names = {t.name for pp in plan.params for t in (pp.param, pp.grad) if t is not None}
     assert {"v_double", "v_top", "v_sum"} <= names
     model = gc.compile(g, batch_size=4)  # compiles with -Werror: nothing shadowed
@@ -129,8 +129,8 @@ def test_names_that_clash_with_c_or_template_locals_are_renamed():
 
 
 def test_output_is_deterministic():
-    first = render_model(plan_model(classifier(), 8, "float32", gc.Adam())[0])
-    second = render_model(plan_model(classifier(), 8, "float32", gc.Adam())[0])
+    first = render_model(plan_model(classifier(), 8, "float32", gc.Adam()))
+    second = render_model(plan_model(classifier(), 8, "float32", gc.Adam()))
     assert first == second
 
 
@@ -142,7 +142,7 @@ def test_output_does_not_depend_on_hash_seeds():
         "from graphc.compiler import plan_model\n"
         "from graphc.codegen.c import render_model\n"
         "from test_codegen import reductions\n"
-        "src = render_model(plan_model(reductions(), 8, 'float64', gc.Adam())[0])\n"
+        "src = render_model(plan_model(reductions(), 8, 'float64', gc.Adam()))\n"
         "print(hashlib.sha256(''.join(src).encode()).hexdigest())\n"
     )
     digests = set()
@@ -155,7 +155,7 @@ def test_output_does_not_depend_on_hash_seeds():
             [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
         )
         digests.add(out.stdout.strip())
-    local = render_model(plan_model(reductions(), 8, "float64", gc.Adam())[0])
+    local = render_model(plan_model(reductions(), 8, "float64", gc.Adam()))
     digests.add(hashlib.sha256("".join(local).encode()).hexdigest())
     assert len(digests) == 1
 
@@ -190,7 +190,7 @@ def test_wide_convolutions_take_the_lane_layouts_only_where_asked():
     """The C target sums 16+ channels in vector lanes (channels-last copies of the weights
     and δ); CUDA and the embedded export plan the plain layout, with no such copies."""
     for lanes in (False, True):
-        plan, _ = plan_model(_convnet(), 4, "float32", gc.Adam(), lanes=lanes)
+        plan = plan_model(_convnet(), 4, "float32", gc.Adam(), lanes=lanes)
         kernels = [k for p in plan.programs for k in p.kernels if k.template.startswith("conv")]
         copies = {k.name for k in kernels if getattr(k, "lanes", None) is not None}
         # conv2 (16 channels): its forward pass and its filter gradient
@@ -203,7 +203,7 @@ def test_plain_sgd_steps_fold_into_weight_gradient_products():
     gone; biases keep theirs.  Momentum, clipping or no ``fuse_steps`` keep every update."""
 
     def updates(optimizer, fuse):
-        plan, _ = plan_model(mlp(), 8, "float32", optimizer, fuse_steps=fuse)
+        plan = plan_model(mlp(), 8, "float32", optimizer, fuse_steps=fuse)
         train = next(p for p in plan.programs if p.name == "train")
         fused = {k.c.label for k in train.kernels if isinstance(k, GemmKernel) and k.scale}
         kernels = {k.name for k in train.kernels if k.name.startswith("update_")}
@@ -221,7 +221,7 @@ def test_plain_sgd_steps_fold_into_weight_gradient_products():
 def test_softmax_cross_entropy_reads_the_softmax_kernels_log_sum_exp():
     """Where a program computes the softmax of the loss's logits, that kernel also stores
     each row's log-sum-exp and the loss reads it; inference keeps the plain softmax."""
-    plan, _ = plan_model(classifier(), 8, "float32", gc.SGD(0.1))
+    plan = plan_model(classifier(), 8, "float32", gc.SGD(0.1))
     for program in plan.programs:
         softmaxes = [k for k in program.kernels if isinstance(k, SoftmaxKernel)]
         losses = [k for k in program.kernels if isinstance(k, LossKernel)]
@@ -245,7 +245,7 @@ def test_every_kernel_template_is_checked_against_a_context():
     graphs = [build() for build, _ in REFERENCES.values()] + [_convnet()]
     for graph in graphs:
         # lanes: the C target's layouts of wide convolutions (their template variants)
-        plan, _ = plan_model(graph, 4, "float64", gc.Adam(clip_norm=1.0), lanes=True)
+        plan = plan_model(graph, 4, "float64", gc.Adam(clip_norm=1.0), lanes=True)
         for program in plan.programs:
             for kernel in program.kernels:
                 ctx = contexts.context(kernel)
@@ -285,7 +285,7 @@ def test_model_templates_get_every_variable_they_use(monkeypatch):
         return env
 
     monkeypatch.setattr(c, "environment", recording_environment)
-    render_model(plan_model(mlp(), 8, "float32", gc.Adam())[0])
+    render_model(plan_model(mlp(), 8, "float32", gc.Adam()))
     env = real_environment()
     for name in ("c/model.c.j2", "c/model.h.j2", "c/api.h.j2"):
         assert name in calls
@@ -311,7 +311,7 @@ def test_templates_stay_short():
 def test_only_independent_elementwise_loops_skip_their_barrier():
     """The optimizer updates touch nothing the kernels after them touch: they end nowait.
     Every other elementwise loop of this graph feeds the next kernel and keeps its barrier."""
-    plan, _ = plan_model(reductions_graph("nowait"), 8, "float32", gc.Adam())
+    plan = plan_model(reductions_graph("nowait"), 8, "float32", gc.Adam())
     free = barrier_free(plan)
     train = next(p for p in plan.programs if p.name == "train")
     loops = [k.name for k in train.kernels if k.template == "elementwise"]
@@ -326,6 +326,6 @@ def test_only_independent_elementwise_loops_skip_their_barrier():
 @pytest.mark.parametrize("build", [classifier_graph, reductions_graph])
 def test_generated_c_has_no_blank_line_inside_a_block(build):
     """Generated code is read by people: no empty line opens or closes a block."""
-    plan, _ = plan_model(build("tidy"), 8, "float32", gc.Adam())
+    plan = plan_model(build("tidy"), 8, "float32", gc.Adam())
     source = render_model(plan)[0]
     assert not re.search(r"\{\n[ \t]*\n|\n[ \t]*\n[ \t]+\}", source)

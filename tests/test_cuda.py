@@ -220,7 +220,7 @@ def test_generated_cuda_compiles_with_nvcc(graphs, dtype):
     """Every kernel template, in both dtypes, through nvcc with warnings as errors."""
     for name in graphs:
         build, optimizer = GRAPHS[name]
-        plan, _ = plan_model(build(), 8, dtype, optimizer(), fuse_steps=True)
+        plan = plan_model(build(), 8, dtype, optimizer(), fuse_steps=True)
         source, header, cdef = cuda.render_model(plan)
         library = build_cuda(plan.name, source, header, cdef, load=False)
         assert os.path.isfile(library.library_path)
@@ -238,7 +238,7 @@ def test_recurrent_cells_never_read_through_the_read_only_cache(tmp_path):
     from test_cuda_recurrent import gru as gru_graph
 
     for build in (recurrent, gru_graph):
-        plan, _ = plan_model(build(), 4, "float32", gc.SGD())
+        plan = plan_model(build(), 4, "float32", gc.SGD())
         source, header, _ = cuda.render_model(plan)
         (tmp_path / f"{plan.name}.h").write_text(header)
         (tmp_path / f"{plan.name}.cu").write_text(source)
@@ -278,7 +278,7 @@ def test_every_cuda_template_gets_what_it_uses():
     contexts = cuda.CudaKernelContexts(cuda.cuda_target("double"), "float64")
     seen = set()
     for build, optimizer in GRAPHS.values():
-        plan, _ = plan_model(build(), 4, "float64", optimizer())
+        plan = plan_model(build(), 4, "float64", optimizer())
         for program in plan.programs:
             for kernel in program.kernels:
                 ctx = contexts.context(kernel)
@@ -315,7 +315,7 @@ def test_model_templates_get_every_variable_they_use(monkeypatch):
         return env
 
     monkeypatch.setattr(cuda, "environment", recording_environment)
-    cuda.render_model(plan_model(classifier(), 8, "float32", gc.Adam())[0])
+    cuda.render_model(plan_model(classifier(), 8, "float32", gc.Adam()))
     env = environment()
     for name in ("cuda/model.cu.j2", "cuda/api.h.j2", "c/model.h.j2"):
         used = template_variables(env, name)
@@ -327,9 +327,9 @@ def test_model_templates_get_every_variable_they_use(monkeypatch):
 
 
 def test_model_template_renders_deterministically():
-    plan, _ = plan_model(mlp(), 8, "float32", gc.Adam())
+    plan = plan_model(mlp(), 8, "float32", gc.Adam())
     first = cuda.render_model(plan)
-    second = cuda.render_model(plan_model(mlp(), 8, "float32", gc.Adam())[0])
+    second = cuda.render_model(plan_model(mlp(), 8, "float32", gc.Adam()))
     assert first == second
     source = first[0]
     assert "<<<" not in source, "launches go through GC_LAUNCH (the emulation needs it)"
@@ -357,7 +357,7 @@ def test_flat_index_inverts_the_loop_nest():
 def test_a_kernel_kind_without_a_cuda_template_is_a_clear_graph_error():
     import dataclasses
 
-    plan, _ = plan_model(mlp(), 4, "float32", gc.SGD())
+    plan = plan_model(mlp(), 4, "float32", gc.SGD())
     kernel = dataclasses.replace(plan.programs[0].kernels[0], template="unknown_kind")
     contexts = cuda.CudaKernelContexts(cuda.cuda_target("float"), "float32")
     with pytest.raises(gc.GraphError, match=r"kernels of kind 'unknown_kind'.*target='c'"):

@@ -64,7 +64,7 @@ def convnet() -> tuple[gc.Graph, gc.Optimizer]:
 def test_generated_c_matches_golden(build, update_golden: bool) -> None:
     graph, optimizer = build()
     # planned as gc.compile plans the C target
-    plan = plan_model(graph, 4, "float32", optimizer, lanes=True, fuse_steps=True)[0]
+    plan = plan_model(graph, 4, "float32", optimizer, lanes=True, fuse_steps=True)
     source = render_model(plan)[0]
     path = GOLDEN / f"{graph.name}.c"
     if update_golden:

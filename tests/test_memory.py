@@ -87,14 +87,14 @@ def check_plan(plan) -> None:
     dtype=st.sampled_from(["float32", "float64"]),
 )
 def test_random_mlps_plan_safely(widths, activations, skip, batch, dtype):
-    plan, _ = plan_model(_mlp(widths, activations, skip), batch, dtype, gc.Adam())
+    plan = plan_model(_mlp(widths, activations, skip), batch, dtype, gc.Adam())
     check_plan(plan)
 
 
 @pytest.mark.parametrize("depth", [1, 3, 6])
 def test_deep_networks_reuse_memory(depth):
     widths = [7] + [5] * depth
-    plan, _ = plan_model(_mlp(widths, ["tanh"] * depth, False), 16, "float32", gc.SGD(0.1))
+    plan = plan_model(_mlp(widths, ["tanh"] * depth, False), 16, "float32", gc.SGD(0.1))
     check_plan(plan)
     memory = plan.memory
     transient_total = sum(
@@ -115,7 +115,7 @@ def test_kernel_counts_of_a_two_layer_mlp():
     out = gc.dense(h, 7, activation="sigmoid", name="out")
     g.output("out", out)
     g.minimize(gc.mse(out, y))
-    plan, _ = plan_model(g, 8, "float32", gc.SGD(0.1))
+    plan = plan_model(g, 8, "float32", gc.SGD(0.1))
     programs = {p.name: p for p in plan.programs}
     assert len(programs["infer"].kernels) == 2  # two GEMMs with epilogues
     assert len(programs["eval"].kernels) == 3  # + the loss

@@ -485,7 +485,9 @@ def _program_context(plan, program, contexts: KernelContexts, place=None) -> dic
         for t in reads(kernel) + writes(kernel):
             if owner(t) not in input_names:
                 used.setdefault(owner(t), t)
-        args = ", ".join("NULL" if a in in_order else a for a in ctx["args"].split(", "))
+        args = ctx["args"]
+        if ctx.get("rows") in in_order:  # a product's row index is its last argument
+            args = args.removesuffix(ctx["rows"]) + "NULL"
         calls.append(contexts.target.call.format(name=kernel.name, args=args))
     local_vars = []
     for name, t in used.items():
@@ -630,7 +632,8 @@ def step_context(plan, inputs: list[tuple[str, str, int]], gathered: frozenset[s
     parameters and the arguments of each caller.  ``inputs`` are the training inputs as
     (C type, name, values per row); a gathered one travels with its row index (NULL from
     ``train_step``, the permutation's slice from ``train_epoch``), any other is copied by
-    ``train_epoch`` into its batch slot first (``copied``: type, name, size, slot, offset).
+    ``train_epoch`` into its batch slot first (``copied``: type, slot, offset, and the C
+    statement copying row ``row`` of the input to row ``r`` of the slot).
     """
     # keyed by the input's C name, which the entry points use (a label may need renaming)
     slots = {x.name: t.name for x, t in zip(plan.inputs, plan.slots)}
@@ -649,7 +652,14 @@ def step_context(plan, inputs: list[tuple[str, str, int]], gathered: frozenset[s
         else:
             slot = slots[name]
             epoch_args.append(slot)
-            copied.append((ctype, name, size, slot, plan.memory.persistent[slot]))
+            if size == 1:  # a label: one value per row
+                copy = f"{slot}[r] = {name}[row];"
+            else:
+                copy = (
+                    f"memcpy({slot} + (size_t)r * {size}, {name} + (size_t)row * {size}, "
+                    f"{size} * sizeof *{name});"
+                )
+            copied.append((ctype, slot, plan.memory.persistent[slot], copy))
     return {
         "doc": "".join(doc),
         "params": ", ".join(params),

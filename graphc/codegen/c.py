@@ -486,8 +486,8 @@ def _program_context(plan, program, contexts: KernelContexts, place=None) -> dic
             if owner(t) not in input_names:
                 used.setdefault(owner(t), t)
         args = ctx["args"]
-        if ctx.get("rows") in in_order:  # a product's row index is its last argument
-            args = args.removesuffix(ctx["rows"]) + "NULL"
+        if isinstance(kernel, GemmKernel) and ctx.get("rows") in in_order:
+            args = args.removesuffix(ctx["rows"]) + "NULL"  # the product's last argument
         calls.append(contexts.target.call.format(name=kernel.name, args=args))
     local_vars = []
     for name, t in used.items():

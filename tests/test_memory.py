@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import graphc as gc
 from graphc.compiler import plan_model
 from graphc.kernels import reads, writes
-from graphc.passes.memory import ALIGN, intervals, place
+from graphc.passes.memory import ALIGN, intervals, place, seam
 
 
 def _aligned(n: int) -> int:
@@ -64,6 +64,28 @@ def check_plan(plan) -> None:
                     f"{program.name}: {a} {spans[a]} at [{lo_a}, {hi_a}) and {b} {spans[b]} "
                     f"at [{lo_b}, {hi_b}) are alive together and overlap"
                 )
+        # batched tensors that take turns on the same bytes leave each byte with one thread
+        batched = {
+            t.name
+            for kernel in program.kernels
+            for t in reads(kernel) + writes(kernel)
+            if t.batched and t.role == "act" and t.alias_of is None
+        }
+        for a in sorted(batched):
+            for b in sorted(batched):
+                lo, hi = (
+                    max(offsets[a], offsets[b]),
+                    min(offsets[a] + memory.sizes[a], offsets[b] + memory.sizes[b]),
+                )
+                seam_a = offsets[a] + seam(memory.sizes[a], plan.batch)
+                seam_b = offsets[b] + seam(memory.sizes[b], plan.batch)
+                assert (
+                    a == b
+                    or hi <= lo
+                    or abs(seam_a - seam_b) < ALIGN
+                    or hi <= min(seam_a, seam_b)
+                    or lo >= max(seam_a, seam_b)
+                ), f"{program.name}: {a} and {b} share bytes that belong to different threads"
         # every tensor a kernel touches is either persistent, an input, or planned here
         for kernel in program.kernels:
             for t in reads(kernel) + writes(kernel):
@@ -106,6 +128,18 @@ def test_deep_networks_reuse_memory(depth):
         assert peak < transient_total, "activations of a deep net should share memory"
 
 
+def test_a_convnet_plans_safely():
+    """LeNet's shape: per-sample tensors of many sizes take turns on the same bytes."""
+    g = gc.Graph("mem_cnn")
+    x = g.input("x", (1, 16, 16))
+    y = g.input("y", (), dtype="int32")
+    h = gc.max_pool2d(gc.conv2d(x, 4, 3, padding=1, activation="relu", name="c1"), 2)
+    h = gc.max_pool2d(gc.conv2d(h, 8, 3, activation="relu", name="c2"), 2)
+    h = gc.dense(gc.flatten(h), 12, activation="relu", name="fc")
+    g.minimize(gc.softmax_cross_entropy(gc.dense(h, 5, name="out"), y))
+    check_plan(plan_model(g, 16, "float32", gc.SGD(0.1, momentum=0.9), lanes=True))
+
+
 def test_kernel_counts_of_a_two_layer_mlp():
     """Bias and activation fuse into the GEMM; δ = f'(·)(δ·Wᵀ) fuses into the backward GEMM."""
     g = gc.Graph("counts")
@@ -135,6 +169,23 @@ def test_place_by_hand():
     assert offsets["b"] + 64 <= offsets["c"] or offsets["c"] + 64 <= offsets["b"]
     assert peak <= _aligned(100) + _aligned(64) + _aligned(200)
     assert peak == max(_aligned(offsets[n] + sizes[n]) for n in sizes)
+
+
+def test_batched_tensors_reuse_bytes_their_own_thread_wrote():
+    """With seams, a dead tensor's bytes go to a new one only where each byte stays on the
+    same side of both seams (the same thread's rows); otherwise the new one goes higher."""
+    sizes = {"a": 1024, "b": 512, "c": 768, "d": 256}
+    spans = {"a": (0, 0), "b": (0, 1), "c": (1, 2), "d": (3, 4)}
+    seams = {name: size // 2 for name, size in sizes.items()}
+    offsets, peak = place(sizes, spans, seams)
+    # a lives only before c: without seams c would start at a's offset, its seam 128 bytes
+    # below a's; with them, c is centred on a's seam
+    assert offsets["c"] + 384 == offsets["a"] + 512
+    # d comes after all three: the lowest bytes whose halves agree are on a's seam too
+    assert offsets["d"] + 128 == offsets["a"] + 512
+    plain, _ = place(sizes, spans)
+    assert plain["c"] == plain["a"]
+    assert peak <= sum(_aligned(size) for size in sizes.values())
 
 
 @pytest.mark.needs_cc

@@ -236,9 +236,11 @@ def plan_model(
 ) -> ModelPlan:
     """Stages 1-6: from a Graph to a ModelPlan.
 
-    ``lanes``: lay wide convolutions out for a vectorizing CPU target (the C backend):
-    16 or more output channels are summed in vector lanes, which needs channels-last
-    copies of the weights and of δ.  CUDA and the embedded export keep the plain layout.
+    ``lanes``: lay convolutions out for a vectorizing, multi-threaded CPU target (the C
+    backend): 16 or more output channels are summed in vector lanes, which needs
+    channels-last copies of the weights and of δ, and each filter gradient is summed in
+    fixed blocks of samples, a thread per block, then over the blocks.  CUDA and the
+    embedded export keep the plain layout and one sum over the batch.
     ``fuse_steps``: with plain SGD, fold each weight's step into the product forming its
     gradient (``compile`` does for every target; see ``_fuse_sgd_steps``).
     """
@@ -278,7 +280,9 @@ def plan_model(
     output_nodes = list(graph.outputs.values())
     if output_nodes:
         need = ancestors(output_nodes)
-        lowering = Lowering(_ordered(graph.nodes, need), set(output_nodes), table, lanes=lanes)
+        lowering = Lowering(
+            _ordered(graph.nodes, need), set(output_nodes), table, lanes=lanes, batch=batch_size
+        )
         inputs = tuple(table(x) for x in graph.inputs if x in need)
         programs.append(
             Program(
@@ -292,7 +296,9 @@ def plan_model(
     if graph.loss is not None:
         need = ancestors([graph.loss])
         inputs = tuple(table(x) for x in graph.inputs if x in need)
-        lowering = Lowering(_ordered(graph.nodes, need), {graph.loss}, table, lanes=lanes)
+        lowering = Lowering(
+            _ordered(graph.nodes, need), {graph.loss}, table, lanes=lanes, batch=batch_size
+        )
         programs.append(
             Program(
                 "eval",
@@ -319,7 +325,14 @@ def plan_model(
         grads = list(backward.grads.values())
         need = ancestors([graph.loss] + grads)
         schedule = _ordered(graph.nodes, need) + _ordered(backward.nodes, need)
-        lowering = Lowering(schedule, set(grads) | {graph.loss}, table, training=True, lanes=lanes)
+        lowering = Lowering(
+            schedule,
+            set(grads) | {graph.loss},
+            table,
+            training=True,
+            lanes=lanes,
+            batch=batch_size,
+        )
         kernels = _share_log_sum_exp(lowering.kernels(), table, shared_lse)
         inputs = tuple(table(x) for x in graph.inputs if x in need)
         grad_names = frozenset(table(g).name for g in grads)

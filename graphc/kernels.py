@@ -62,6 +62,13 @@ class Tensor:
 
 LOOP_VARS = ("i", "j", "k", "l", "p", "q")
 
+#: On the C target a sum over the batch that a thread team shares (a filter or a
+#: convolution's bias gradient) is taken per block of samples, at most this many blocks,
+#: each on one thread, and then over the blocks in order.  The per-sample kernels share the
+#: batch out the same way, so each thread reads the samples it wrote itself, and the result
+#: does not depend on the number of threads.
+SAMPLE_BLOCKS = 8
+
 
 def full_shape(shape: tuple[int, ...], batched: bool) -> list[Dim]:
     """Axes of a tensor as Dims, the batch axis (``n`` rows) first when batched."""
@@ -211,13 +218,17 @@ class ReduceKernel(Kernel):
     src: Access  # strides over keep + summed loops
     dst: Access  # strides over keep loops
     scale: sp.Expr
+    #: a sum over the batch of one kept axis on the C target: one partial sum per block of
+    #: ``block`` samples, on one thread each, then the partials in block order
+    sums: Tensor | None = None
+    block: int = 0
     template: str = "reduce"
 
     def reads(self) -> list[Tensor]:
-        return [self.src.tensor]
+        return [self.src.tensor] + ([self.sums] if self.sums is not None else [])
 
     def writes(self) -> list[Tensor]:
-        return [self.dst.tensor]
+        return ([self.sums] if self.sums is not None else []) + [self.dst.tensor]
 
 
 @dataclass(frozen=True)

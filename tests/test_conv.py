@@ -151,6 +151,64 @@ def test_gradients_match_central_differences(case):
     assert max(errors) < 1e-6
 
 
+@pytest.mark.parametrize(
+    "name", ["2d_k5_pad2", "2d_k3_valid_20_16ch", "1d_k3_stride2_same_17_16ch"]
+)
+def test_filter_gradients_summed_in_sample_blocks(name):
+    """On the C target a filter gradient is summed per block of samples (40 rows: blocks
+    of 5, so the four-sample groups and the one-sample rest both run), then over the
+    blocks.  The gradient of 37 rows (a ragged last block) equals the row-weighted mean of
+    the gradients of its parts, each summed on its own; and training gives the same bits
+    on 1, 2 and 3 threads with the team forced on."""
+    from graphc.build import default_flags, find_compiler
+
+    flags = default_flags(find_compiler()) + ["-DGC_TEAM_FLOPS=0"]
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(37,) + CASES[name][0])
+    y = rng.normal(size=(37, 3))
+    results = []
+    for threads in (1, 2, 3):
+        model = gc.compile(
+            build(name), batch_size=40, dtype="float64", optimizer=gc.SGD(0.05),
+            cflags=flags, num_threads=threads, seed=3,
+        )  # fmt: skip
+        if threads == 1:
+            assert "block_sums" in model.source
+            whole = model.gradients(x, y)
+            parts = [(0, 11), (11, 12), (12, 37)]
+            for key, value in whole.items():
+                mean = sum((b - a) * model.gradients(x[a:b], y[a:b])[key] for a, b in parts)
+                np.testing.assert_allclose(value, mean / 37, rtol=1e-11, atol=1e-13)
+        for _ in range(3):
+            model.train_step(x, y)
+        model.train_step(x[:9], y[:9])  # two blocks, the second partial
+        results.append({k: v.tobytes() for k, v in model.params.items()})
+    assert results[0] == results[1] == results[2]
+
+
+def test_a_mean_over_the_batch_per_channel():
+    """gc.mean over the batch and positions of each channel (a batch statistic) takes the
+    same sample blocks in C: 17 of 20 rows, against NumPy, the same bits on any team."""
+    from graphc.build import default_flags, find_compiler
+
+    g = gc.Graph("channel_mean")
+    x = g.input("x", (3, 5, 4))
+    h = gc.conv2d(x, 4, 2, activation="tanh", name="conv")
+    g.output("centered", h - gc.reshape(gc.mean(h, axis=(1, 2), batch=True), (4, 1, 1)))
+    g.output("h", h)
+    X = np.random.default_rng(0).normal(size=(17, 3, 5, 4))
+    flags = default_flags(find_compiler()) + ["-DGC_TEAM_FLOPS=0"]
+    results = []
+    for threads in (1, 2, 3):
+        model = gc.compile(g, batch_size=20, dtype="float64", cflags=flags, num_threads=threads)
+        assert "block_sums" in model.source
+        out = model.predict(X)
+        reference = out["h"] - out["h"].mean(axis=(0, 2, 3), keepdims=True)
+        np.testing.assert_allclose(out["centered"], reference, rtol=0, atol=1e-14)
+        results.append(out["centered"].tobytes())
+    assert results[0] == results[1] == results[2]
+
+
 def test_same_padding_puts_the_extra_zero_after():
     g = gc.Graph("same_even")
     x = g.input("x", (1, 6, 5))

@@ -359,7 +359,18 @@ class KernelContexts:
         column = len(k.keep) == 1 and k.src.strides[0] == 1 and k.dst.strides[0] == 1
         column = column and not k.keep[0].extent.batched
         width = k.keep[0].extent.coef if column else 0
+        blocks = None
+        if k.sums is not None:
+            blocks = {
+                "for": self.target.parallel_for,
+                "count": f"(n + {k.block - 1}) / {k.block}",
+                "block": k.block,
+                "size": k.keep[0].extent.coef,
+                "sums": owner(k.sums),
+            }
         return {
+            "variant": "blocks" if blocks else None,
+            "blocks": blocks,
             "params": params,
             "args": args,
             "columns": _column_blocks(k.keep[0].var, width) if column else None,

@@ -43,7 +43,7 @@ import sympy as sp
 
 from graphc.errors import GraphError, ShapeError
 from graphc.graph import Node
-from graphc.kernels import Epilogue, Kernel, Tensor
+from graphc.kernels import SAMPLE_BLOCKS, Epilogue, Kernel, Tensor
 from graphc.ops.base import Op, as_node, make_node
 from graphc.ops.elementwise import activate, apply, get_activation
 from graphc.ops.shape import reshape
@@ -523,7 +523,7 @@ def input_subscripts(window: Window) -> str:
 LOCALS = ("batch", "n", "o", "c", "y", "x", "yx", "p", "q", "i", "acc", "w", "d", "dot", "row")
 LOCALS += ("dv",)
 LOCALS += ("src", "dst", "to", "plane", "window", "best")
-LOCALS += ("ob", "blk")
+LOCALS += ("ob", "blk", "start", "stop", "part")
 
 #: outputs along a row whose lane sums a forward lane sweep keeps in registers at once
 POSITION_BLOCK = 8
@@ -988,19 +988,39 @@ class ConvBackwardFilterKernel(Kernel):
     grad: Tensor
     #: δ copied with the output channels last, in LANE_BLOCK-wide blocks (C's lane sweep)
     lanes: Tensor | None = None
+    #: one gradient per block of ``block`` samples (SAMPLE_BLOCKS of them), summed after
+    sums: Tensor | None = None
+    block: int = 0
     template: str = "conv_backward_filter"
 
     def flops(self, rows: int) -> int:
         win = self.window
         return 2 * rows * self.out_channels * product(win.out) * win.taps * win.channels
 
+    def _scratch(self) -> list[Tensor]:
+        return [t for t in (self.padded, self.wide, self.lanes, self.sums) if t is not None]
+
     def reads(self) -> list[Tensor]:
-        extra = [t for t in (self.padded, self.wide, self.lanes) if t is not None]
-        return [self.delta, self.src] + extra
+        return [self.delta, self.src] + self._scratch()
 
     def writes(self) -> list[Tensor]:
-        extra = [t for t in (self.padded, self.wide, self.lanes) if t is not None]
-        return extra + [self.grad]
+        return self._scratch() + [self.grad]
+
+    def _blocks(self, cg: Any, v: dict[str, str]) -> dict[str, Any] | None:
+        """The sample blocks' loop and the sum over them, or None for one sum."""
+        from graphc.codegen.c import owner
+
+        if self.sums is None:
+            return None
+        size = self.grad.per_sample
+        return {
+            "for": cg.target.parallel_for,
+            "count": f"({v['batch']} + {self.block - 1}) / {self.block}",
+            "block": self.block,
+            "size": size,
+            "sums": owner(self.sums),
+            "grad": owner(self.grad),
+        }
 
     def c_context(self, cg: Any) -> dict[str, Any]:
         """Template context (called by codegen.c.KernelContexts)."""
@@ -1023,6 +1043,7 @@ class ConvBackwardFilterKernel(Kernel):
             offset_text([v["o"], v["c"]], (self.out_channels, win.channels, win.taps)), v["i"]
         )
         row_start = scaled(v["p"], win.kernel[-1]) if win.rank == 2 else None
+        blocks = self._blocks(cg, v)
         sums = [
             (f"{v['dot']}{q}", plus(walk["step"], str(q) if q else None), plus(row_start, str(q)))
             for q in range(win.kernel[-1])
@@ -1061,7 +1082,10 @@ class ConvBackwardFilterKernel(Kernel):
                 if cg.target.simd
                 else ""
             ),
-            "grad": f"{owner(self.grad)}[{grad}]",
+            "grad": f"{v['part'] if blocks else owner(self.grad)}[{grad}]",
+            "blocks": blocks,
+            "first": v["start"] if blocks else "0",
+            "end": v["stop"] if blocks else v["batch"],
             "indent": indents(4 + len(loops), 1),
         }
 
@@ -1095,6 +1119,7 @@ class ConvBackwardFilterKernel(Kernel):
         if win.rank == 2:
             outer.append((v["p"], win.kernel[0], f"++{v['p']}"))
         channel = f"{v['ob']} + {v['lane']}" if blocks else v["lane"]
+        sample_blocks = self._blocks(cg, v)
         grad = plus(
             scaled(channel, win.channels * win.taps),
             scaled(v["c"], win.taps),
@@ -1126,7 +1151,10 @@ class ConvBackwardFilterKernel(Kernel):
             "step": scaled(v["x"], win.stride[-1]),
             "simd": cg.target.simd,
             "zero": cg.printer.doprint(sp.Float(0.0)),
-            "grad": f"{owner(self.grad)}[{grad}]",
+            "grad": f"{v['part'] if sample_blocks else owner(self.grad)}[{grad}]",
+            "blocks": sample_blocks,
+            "first": v["start"] if sample_blocks else "0",
+            "end": v["stop"] if sample_blocks else v["batch"],
             "full": self.out_channels % LANE_BLOCK == 0,
             # the sums' block, then the sweep of one (sample, output row)
             "indent": indents(1 + len(outer), 1 + len(rows)),
@@ -1357,6 +1385,13 @@ class ConvBackwardFilter(Op):
         )
         out_channels = delta.shape[0]
         lanes = _lane_scratch(node, low, "delta", product(win.out), out_channels, batched=True)
+        sums, block = None, 0
+        if low.lanes and low.batch > 1:
+            # fixed blocks of samples, so the sums come out the same on any team
+            block = -(-low.batch // SAMPLE_BLOCKS)
+            count = -(-low.batch // block)
+            size = out_channels * win.channels * win.taps
+            sums = low.table.scratch(f"{node.name} block sums", (count, size), False)
         return ConvBackwardFilterKernel(
             low.table.namer(f"k_{node.name}"),
             comment,
@@ -1368,6 +1403,8 @@ class ConvBackwardFilter(Op):
             None if lanes is not None else _wide(node, low),
             low.table(node),
             lanes,
+            sums,
+            block,
         )
 
     def formula(self, node: Node, args: list[str]) -> str:

@@ -9,7 +9,16 @@ import sympy as sp
 
 from graphc.errors import ShapeError
 from graphc.graph import Graph, Node, shape_str
-from graphc.kernels import LOOP_VARS, Access, Dim, Loop, ReduceKernel, full_shape, strides_for
+from graphc.kernels import (
+    LOOP_VARS,
+    SAMPLE_BLOCKS,
+    Access,
+    Dim,
+    Loop,
+    ReduceKernel,
+    full_shape,
+    strides_for,
+)
 from graphc.ops.base import Op, as_node, make_node
 from graphc.ops.shape import reshape
 from graphc.symbolic import N, X
@@ -77,6 +86,19 @@ class ReduceTo(Op):
             low.table(src), tuple(src_strides[ax[-1]] for ax in keep_axes + sum_axes)
         )
         dst_access = Access(low.table(node), tuple(dst_strides[ax[-1]] for ax in keep_axes))
+        sums, block = None, 0
+        # Σ over the batch (and positions) of each channel, as a conv bias gradient: on the
+        # C target each thread sums the samples it wrote (see kernels.SAMPLE_BLOCKS)
+        # (a bias gradient of contiguous columns, a dense layer's, is summed in vector lanes
+        # instead: see codegen.c)
+        per_channel = len(keep_loops) == 1 and dst_access.strides == (1,)
+        per_channel = per_channel and src_access.strides[0] != 1
+        batch_first = bool(sum_loops) and sum_loops[0].extent.batched
+        if low.lanes and low.batch > 1 and per_channel and batch_first:
+            block = -(-low.batch // SAMPLE_BLOCKS)
+            count = -(-low.batch // block)
+            extent = keep_loops[0].extent.coef
+            sums = low.table.scratch(f"{node.name} block sums", (count, extent), False)
         return ReduceKernel(
             low.table.namer(f"k_{node.name}"),
             low.formula(node),
@@ -85,6 +107,8 @@ class ReduceTo(Op):
             src_access,
             dst_access,
             node.attrs.get("scale", sp.Integer(1)),
+            sums,
+            block,
         )
 
     def formula(self, node: Node, args: list[str]) -> str:

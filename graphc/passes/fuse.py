@@ -168,11 +168,15 @@ class Lowering:
         table: TensorTable,
         training: bool = False,
         lanes: bool = False,
+        batch: int = 1,
     ) -> None:
         self.table = table
         self.training = training
-        #: whether wide convolutions may take the lane layouts (see compiler.plan_model)
+        #: whether convolutions may take the lane layouts and the filter gradients sample
+        #: blocks (see compiler.plan_model)
         self.lanes = lanes
+        #: the most rows a step takes (the compiled batch size)
+        self.batch = batch
         #: group root -> (group, materialized members), for ops that fuse a chain after them
         self._fused: dict[Node, tuple[_Group, list[Node]]] = {}
         self.rep = table.rep

@@ -279,21 +279,34 @@ static void k_d_conv(const int batch, const float *restrict d_reshape, const flo
 
 /* d_conv.b.view = Σ(delta_conv) → (2, 1, 1) */
 
-static void k_d_conv_b_view(const int n, const float *restrict delta_conv, float *restrict d_conv_b_view)
+static void k_d_conv_b_view(const int n, const float *restrict delta_conv, float *restrict d_conv_b_view_block_sums, float *restrict d_conv_b_view)
 {
+    /* each block of 1 samples sums its own part, on one thread */
+    #pragma omp for schedule(static)
+    for (long blk = 0; blk < (n + 0) / 1; ++blk) {
+        const long start = blk * 1;
+        const long stop = start + 1 < n ? start + 1 : n;
+        for (long i = 0; i < 2; ++i) {
+            double sum = 0.0;
+            for (long j = start; j < stop; ++j)
+                for (long k = 0; k < 36; ++k)
+                    sum += delta_conv[i * 36 + j * 72 + k];
+            d_conv_b_view_block_sums[blk * 2 + i] = (float)sum;
+        }
+    }
+    /* the blocks' parts added in block order */
     #pragma omp for schedule(static)
     for (long i = 0; i < 2; ++i) {
         double sum = 0.0;
-        for (long j = 0; j < n; ++j)
-            for (long k = 0; k < 36; ++k)
-                sum += delta_conv[i * 36 + j * 72 + k];
+        for (long blk = 0; blk < (n + 0) / 1; ++blk)
+            sum += d_conv_b_view_block_sums[blk * 2 + i];
         d_conv_b_view[i] = (float)sum;
     }
 }
 
 /* grad_conv.W[o][c][p][q] = sum_n sum_y sum_x delta_conv[n][o][y][x] * x[n][c][y + p - 1][x + q - 1]  (3x3 window, stride 1, zero padding 1) */
 
-static void k_grad_conv_W(const int batch, const float *restrict delta_conv, const float *restrict x, float *restrict grad_conv_W_padded_input, float *restrict grad_conv_W_delta_rows, float *restrict grad_conv_W)
+static void k_grad_conv_W(const int batch, const float *restrict delta_conv, const float *restrict x, float *restrict grad_conv_W_padded_input, float *restrict grad_conv_W_delta_rows, float *restrict grad_conv_W_block_sums, float *restrict grad_conv_W)
 {
     /* the input, zero-padded, plane by plane */
     #pragma omp for schedule(static) collapse(2)
@@ -325,54 +338,68 @@ static void k_grad_conv_W(const int batch, const float *restrict delta_conv, con
             }
         }
     }
-    #pragma omp for schedule(static) collapse(2)
-    for (long o = 0; o < 2; ++o) {
-        for (long c = 0; c < 1; ++c) {
-            float acc[9] = {0};
-            for (long n = 0; n + 4 <= batch; n += 4) {
-                for (long p = 0; p < 3; ++p) {
-                    const float *restrict d = grad_conv_W_delta_rows + n * 96 + o * 48;
-                    const float *restrict row = grad_conv_W_padded_input + n * 64 + c * 64 + p * 8;
-                    float dot0 = 0.0F;
-                    float dot1 = 0.0F;
-                    float dot2 = 0.0F;
-                    #pragma omp simd reduction(+:dot0, dot1, dot2)
-                    for (long yx = 0; yx < 46; ++yx) {
-                        const float dv0 = d[yx];
-                        const float dv1 = d[96 + yx];
-                        const float dv2 = d[192 + yx];
-                        const float dv3 = d[288 + yx];
-                        dot0 += dv0 * row[yx] + dv1 * row[64 + yx] + dv2 * row[128 + yx] + dv3 * row[192 + yx];
-                        dot1 += dv0 * row[yx + 1] + dv1 * row[64 + yx + 1] + dv2 * row[128 + yx + 1] + dv3 * row[192 + yx + 1];
-                        dot2 += dv0 * row[yx + 2] + dv1 * row[64 + yx + 2] + dv2 * row[128 + yx + 2] + dv3 * row[192 + yx + 2];
+    /* each block of 1 samples sums its own gradient, on one thread */
+    #pragma omp for schedule(static)
+    for (long blk = 0; blk < (batch + 0) / 1; ++blk) {
+        const long start = blk * 1;
+        const long stop = start + 1 < batch ? start + 1 : batch;
+        float *restrict part = grad_conv_W_block_sums + blk * 18;
+        for (long o = 0; o < 2; ++o) {
+            for (long c = 0; c < 1; ++c) {
+                float acc[9] = {0};
+                for (long n = start; n + 4 <= stop; n += 4) {
+                    for (long p = 0; p < 3; ++p) {
+                        const float *restrict d = grad_conv_W_delta_rows + n * 96 + o * 48;
+                        const float *restrict row = grad_conv_W_padded_input + n * 64 + c * 64 + p * 8;
+                        float dot0 = 0.0F;
+                        float dot1 = 0.0F;
+                        float dot2 = 0.0F;
+                        #pragma omp simd reduction(+:dot0, dot1, dot2)
+                        for (long yx = 0; yx < 46; ++yx) {
+                            const float dv0 = d[yx];
+                            const float dv1 = d[96 + yx];
+                            const float dv2 = d[192 + yx];
+                            const float dv3 = d[288 + yx];
+                            dot0 += dv0 * row[yx] + dv1 * row[64 + yx] + dv2 * row[128 + yx] + dv3 * row[192 + yx];
+                            dot1 += dv0 * row[yx + 1] + dv1 * row[64 + yx + 1] + dv2 * row[128 + yx + 1] + dv3 * row[192 + yx + 1];
+                            dot2 += dv0 * row[yx + 2] + dv1 * row[64 + yx + 2] + dv2 * row[128 + yx + 2] + dv3 * row[192 + yx + 2];
+                        }
+                        acc[p * 3 + 0] += dot0;
+                        acc[p * 3 + 1] += dot1;
+                        acc[p * 3 + 2] += dot2;
                     }
-                    acc[p * 3 + 0] += dot0;
-                    acc[p * 3 + 1] += dot1;
-                    acc[p * 3 + 2] += dot2;
                 }
-            }
-            for (long n = batch - batch % 4; n < batch; ++n) {
-                for (long p = 0; p < 3; ++p) {
-                    const float *restrict d = grad_conv_W_delta_rows + n * 96 + o * 48;
-                    const float *restrict row = grad_conv_W_padded_input + n * 64 + c * 64 + p * 8;
-                    float dot0 = 0.0F;
-                    float dot1 = 0.0F;
-                    float dot2 = 0.0F;
-                    #pragma omp simd reduction(+:dot0, dot1, dot2)
-                    for (long yx = 0; yx < 46; ++yx) {
-                        const float dv = d[yx];
-                        dot0 += dv * row[yx];
-                        dot1 += dv * row[yx + 1];
-                        dot2 += dv * row[yx + 2];
+                for (long n = stop - (stop - start) % 4; n < stop; ++n) {
+                    for (long p = 0; p < 3; ++p) {
+                        const float *restrict d = grad_conv_W_delta_rows + n * 96 + o * 48;
+                        const float *restrict row = grad_conv_W_padded_input + n * 64 + c * 64 + p * 8;
+                        float dot0 = 0.0F;
+                        float dot1 = 0.0F;
+                        float dot2 = 0.0F;
+                        #pragma omp simd reduction(+:dot0, dot1, dot2)
+                        for (long yx = 0; yx < 46; ++yx) {
+                            const float dv = d[yx];
+                            dot0 += dv * row[yx];
+                            dot1 += dv * row[yx + 1];
+                            dot2 += dv * row[yx + 2];
+                        }
+                        acc[p * 3 + 0] += dot0;
+                        acc[p * 3 + 1] += dot1;
+                        acc[p * 3 + 2] += dot2;
                     }
-                    acc[p * 3 + 0] += dot0;
-                    acc[p * 3 + 1] += dot1;
-                    acc[p * 3 + 2] += dot2;
                 }
+                for (long i = 0; i < 9; ++i)
+                    part[o * 9 + c * 9 + i] = acc[i];
             }
-            for (long i = 0; i < 9; ++i)
-                grad_conv_W[o * 9 + c * 9 + i] = acc[i];
         }
+    }
+    /* the gradient: the blocks' sums added in block order */
+    #pragma omp for schedule(static)
+    for (long i = 0; i < 18; ++i) {
+        float w = grad_conv_W_block_sums[i];
+        for (long blk = 1; blk < (batch + 0) / 1; ++blk)
+            w += grad_conv_W_block_sums[blk * 18 + i];
+        grad_conv_W[i] = w;
     }
 }
 
@@ -500,9 +527,11 @@ static void grad_program(golden_conv_model *m, const int n, const float *restric
     float *const grad_out_W = (float *)(arena + 832);  /* grad_out.W (18, 3) */
     float *const d_conv_plane = (float *)(arena + 3712);  /* d_conv plane (batch, 2, 6, 6) */
     float *const delta_conv = (float *)(arena + 4864);  /* delta_conv (batch, 2, 6, 6) */
+    float *const d_conv_b_view_block_sums = (float *)(arena + 2176);  /* d_conv.b.view block sums (4, 2) */
     float *const d_conv_b_view = (float *)(arena + 448);  /* d_conv.b.view (2, 1, 1) */
     float *const grad_conv_W_padded_input = (float *)(arena + 3776);  /* grad_conv.W padded input (batch, 1, 8, 8) */
     float *const grad_conv_W_delta_rows = (float *)(arena + 2176);  /* grad_conv.W delta rows (batch, 2, 6, 8) */
+    float *const grad_conv_W_block_sums = (float *)(arena + 6016);  /* grad_conv.W block sums (4, 18) */
     float *const grad_conv_W = (float *)(arena + 128);  /* grad_conv.W (2, 1, 3, 3) */
 
     k_conv_conv(n, x, conv_W, conv_conv_padded_input, conv_b, conv);
@@ -515,8 +544,8 @@ static void grad_program(golden_conv_model *m, const int n, const float *restric
     k_d_reshape(n, delta_out, out_W, d_reshape);
     k_grad_out_W(n, pool, delta_out, grad_out_W);
     k_d_conv(n, d_reshape, conv, d_conv_plane, delta_conv);
-    k_d_conv_b_view(n, delta_conv, d_conv_b_view);
-    k_grad_conv_W(n, delta_conv, x, grad_conv_W_padded_input, grad_conv_W_delta_rows, grad_conv_W);
+    k_d_conv_b_view(n, delta_conv, d_conv_b_view_block_sums, d_conv_b_view);
+    k_grad_conv_W(n, delta_conv, x, grad_conv_W_padded_input, grad_conv_W_delta_rows, grad_conv_W_block_sums, grad_conv_W);
 }
 
 /* Training step: forward, δ pass and update for n rows. Every thread of the team runs this function; each kernel shares out its loop. */
@@ -540,9 +569,11 @@ static void train_program(golden_conv_model *m, const int n, const float *restri
     float *const grad_out_W = (float *)(arena + 832);  /* grad_out.W (18, 3) */
     float *const d_conv_plane = (float *)(arena + 3712);  /* d_conv plane (batch, 2, 6, 6) */
     float *const delta_conv = (float *)(arena + 4864);  /* delta_conv (batch, 2, 6, 6) */
+    float *const d_conv_b_view_block_sums = (float *)(arena + 2176);  /* d_conv.b.view block sums (4, 2) */
     float *const d_conv_b_view = (float *)(arena + 448);  /* d_conv.b.view (2, 1, 1) */
     float *const grad_conv_W_padded_input = (float *)(arena + 3776);  /* grad_conv.W padded input (batch, 1, 8, 8) */
     float *const grad_conv_W_delta_rows = (float *)(arena + 2176);  /* grad_conv.W delta rows (batch, 2, 6, 8) */
+    float *const grad_conv_W_block_sums = (float *)(arena + 6016);  /* grad_conv.W block sums (4, 18) */
     float *const grad_conv_W = (float *)(arena + 128);  /* grad_conv.W (2, 1, 3, 3) */
     float *const conv_W_v = (float *)(arena + 256);  /* conv.W.v (2, 1, 3, 3) */
     float *const conv_b_v = (float *)(arena + 512);  /* conv.b.v (2) */
@@ -559,8 +590,8 @@ static void train_program(golden_conv_model *m, const int n, const float *restri
     k_d_reshape(n, delta_out, out_W, d_reshape);
     k_grad_out_W(n, pool, delta_out, grad_out_W);
     k_d_conv(n, d_reshape, conv, d_conv_plane, delta_conv);
-    k_d_conv_b_view(n, delta_conv, d_conv_b_view);
-    k_grad_conv_W(n, delta_conv, x, grad_conv_W_padded_input, grad_conv_W_delta_rows, grad_conv_W);
+    k_d_conv_b_view(n, delta_conv, d_conv_b_view_block_sums, d_conv_b_view);
+    k_grad_conv_W(n, delta_conv, x, grad_conv_W_padded_input, grad_conv_W_delta_rows, grad_conv_W_block_sums, grad_conv_W);
     update_conv_W(conv_W, grad_conv_W, conv_W_v, (float)m->lr_now);
     update_conv_b(conv_b, d_conv_b_view, conv_b_v, (float)m->lr_now);
     update_out_W(out_W, grad_out_W, out_W_v, (float)m->lr_now);
@@ -623,7 +654,7 @@ static double train_batch(golden_conv_model *m, const int n, const float *x, con
 {
     m->step += 1;
     m->lr_now = m->lr;
-    #pragma omp parallel num_threads(m->threads) if (390.0 + 3410.0 * n >= GC_TEAM_FLOPS)
+    #pragma omp parallel num_threads(m->threads) if (406.0 + 3410.0 * n >= GC_TEAM_FLOPS)
     train_program(m, n, x, y);
     return m->loss;
 }
@@ -635,7 +666,7 @@ double golden_conv_train_step(golden_conv_model *m, const float *x, const int32_
 
 double golden_conv_gradients(golden_conv_model *m, const float *x, const int32_t *y, int n)
 {
-    #pragma omp parallel num_threads(m->threads) if (5.0 + 3410.0 * n >= GC_TEAM_FLOPS)
+    #pragma omp parallel num_threads(m->threads) if (21.0 + 3410.0 * n >= GC_TEAM_FLOPS)
     grad_program(m, n, x, y);
     return m->loss;
 }

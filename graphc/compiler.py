@@ -239,8 +239,10 @@ def plan_model(
     ``lanes``: lay convolutions out for a vectorizing, multi-threaded CPU target (the C
     backend): 16 or more output channels are summed in vector lanes, which needs
     channels-last copies of the weights and of δ, and each filter gradient is summed in
-    fixed blocks of samples, a thread per block, then over the blocks.  CUDA and the
-    embedded export keep the plain layout and one sum over the batch.
+    fixed blocks of samples, a thread per block, then over the blocks; the memory plan
+    keeps each thread's rows of a batched tensor on bytes that thread wrote before.  CUDA
+    and the embedded export keep the plain layout, one sum over the batch and any free
+    bytes.
     ``fuse_steps``: with plain SGD, fold each weight's step into the product forming its
     gradient (``compile`` does for every target; see ``_fuse_sgd_steps``).
     """
@@ -382,6 +384,7 @@ def plan_model(
         {pr.name: (list(pr.kernels), set(pr.keep)) for pr in programs},
         batch_size,
         DTYPES[dtype],
+        threads=lanes,
     )
     loss_kind = graph.loss.attrs["kind"] if graph.loss is not None else None
     rows = 1

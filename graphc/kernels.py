@@ -70,6 +70,12 @@ LOOP_VARS = ("i", "j", "k", "l", "p", "q")
 SAMPLE_BLOCKS = 8
 
 
+def sample_blocks(batch: int) -> tuple[int, int]:
+    """(samples per block, blocks) for a compiled batch of ``batch`` rows."""
+    block = -(-batch // SAMPLE_BLOCKS)
+    return block, -(-batch // block)
+
+
 def full_shape(shape: tuple[int, ...], batched: bool) -> list[Dim]:
     """Axes of a tensor as Dims, the batch axis (``n`` rows) first when batched."""
     return ([Dim(1, True)] if batched else []) + [Dim(s) for s in shape]

@@ -64,13 +64,16 @@ def check_plan(plan) -> None:
                     f"{program.name}: {a} {spans[a]} at [{lo_a}, {hi_a}) and {b} {spans[b]} "
                     f"at [{lo_b}, {hi_b}) are alive together and overlap"
                 )
-        # batched tensors that take turns on the same bytes leave each byte with one thread
-        batched = {
-            t.name
-            for kernel in program.kernels
-            for t in reads(kernel) + writes(kernel)
-            if t.batched and t.role == "act" and t.alias_of is None
-        }
+        # planned for a thread team, batched tensors that take turns on the same bytes
+        # leave each byte with one thread (without one, any free bytes will do)
+        batched = set()
+        if memory.threads:
+            batched = {
+                t.name
+                for kernel in program.kernels
+                for t in reads(kernel) + writes(kernel)
+                if t.batched and t.role == "act" and t.alias_of is None
+            }
         for a in sorted(batched):
             for b in sorted(batched):
                 lo, hi = (
@@ -107,9 +110,11 @@ def check_plan(plan) -> None:
     skip=st.booleans(),
     batch=st.integers(1, 17),
     dtype=st.sampled_from(["float32", "float64"]),
+    threads=st.booleans(),
 )
-def test_random_mlps_plan_safely(widths, activations, skip, batch, dtype):
-    plan = plan_model(_mlp(widths, activations, skip), batch, dtype, gc.Adam())
+def test_random_mlps_plan_safely(widths, activations, skip, batch, dtype, threads):
+    plan = plan_model(_mlp(widths, activations, skip), batch, dtype, gc.Adam(), lanes=threads)
+    assert plan.memory.threads == threads
     check_plan(plan)
 
 
@@ -137,7 +142,8 @@ def test_a_convnet_plans_safely():
     h = gc.max_pool2d(gc.conv2d(h, 8, 3, activation="relu", name="c2"), 2)
     h = gc.dense(gc.flatten(h), 12, activation="relu", name="fc")
     g.minimize(gc.softmax_cross_entropy(gc.dense(h, 5, name="out"), y))
-    check_plan(plan_model(g, 16, "float32", gc.SGD(0.1, momentum=0.9), lanes=True))
+    for threads in (True, False):
+        check_plan(plan_model(g, 16, "float32", gc.SGD(0.1, momentum=0.9), lanes=threads))
 
 
 def test_kernel_counts_of_a_two_layer_mlp():

@@ -43,7 +43,7 @@ import sympy as sp
 
 from graphc.errors import GraphError, ShapeError
 from graphc.graph import Node
-from graphc.kernels import SAMPLE_BLOCKS, Epilogue, Kernel, Tensor
+from graphc.kernels import Epilogue, Kernel, Tensor, sample_blocks
 from graphc.ops.base import Op, as_node, make_node
 from graphc.ops.elementwise import activate, apply, get_activation
 from graphc.ops.shape import reshape
@@ -1119,7 +1119,7 @@ class ConvBackwardFilterKernel(Kernel):
         if win.rank == 2:
             outer.append((v["p"], win.kernel[0], f"++{v['p']}"))
         channel = f"{v['ob']} + {v['lane']}" if blocks else v["lane"]
-        sample_blocks = self._blocks(cg, v)
+        blocked = self._blocks(cg, v)
         grad = plus(
             scaled(channel, win.channels * win.taps),
             scaled(v["c"], win.taps),
@@ -1151,10 +1151,10 @@ class ConvBackwardFilterKernel(Kernel):
             "step": scaled(v["x"], win.stride[-1]),
             "simd": cg.target.simd,
             "zero": cg.printer.doprint(sp.Float(0.0)),
-            "grad": f"{v['part'] if sample_blocks else owner(self.grad)}[{grad}]",
-            "blocks": sample_blocks,
-            "first": v["start"] if sample_blocks else "0",
-            "end": v["stop"] if sample_blocks else v["batch"],
+            "grad": f"{v['part'] if blocked else owner(self.grad)}[{grad}]",
+            "blocks": blocked,
+            "first": v["start"] if blocked else "0",
+            "end": v["stop"] if blocked else v["batch"],
             "full": self.out_channels % LANE_BLOCK == 0,
             # the sums' block, then the sweep of one (sample, output row)
             "indent": indents(1 + len(outer), 1 + len(rows)),
@@ -1388,8 +1388,7 @@ class ConvBackwardFilter(Op):
         sums, block = None, 0
         if low.lanes and low.batch > 1:
             # fixed blocks of samples, so the sums come out the same on any team
-            block = -(-low.batch // SAMPLE_BLOCKS)
-            count = -(-low.batch // block)
+            block, count = sample_blocks(low.batch)
             size = out_channels * win.channels * win.taps
             sums = low.table.scratch(f"{node.name} block sums", (count, size), False)
         return ConvBackwardFilterKernel(

@@ -11,12 +11,12 @@ from graphc.errors import ShapeError
 from graphc.graph import Graph, Node, shape_str
 from graphc.kernels import (
     LOOP_VARS,
-    SAMPLE_BLOCKS,
     Access,
     Dim,
     Loop,
     ReduceKernel,
     full_shape,
+    sample_blocks,
     strides_for,
 )
 from graphc.ops.base import Op, as_node, make_node
@@ -95,8 +95,7 @@ class ReduceTo(Op):
         per_channel = per_channel and src_access.strides[0] != 1
         batch_first = bool(sum_loops) and sum_loops[0].extent.batched
         if low.lanes and low.batch > 1 and per_channel and batch_first:
-            block = -(-low.batch // SAMPLE_BLOCKS)
-            count = -(-low.batch // block)
+            block, count = sample_blocks(low.batch)
             extent = keep_loops[0].extent.coef
             sums = low.table.scratch(f"{node.name} block sums", (count, extent), False)
         return ReduceKernel(

@@ -34,6 +34,8 @@ class MemoryPlan:
     persistent_bytes: int
     arena_bytes: int
     transient_peak: dict[str, int]
+    #: whether batched tensors kept to their seams (planned for a thread team)
+    threads: bool = False
 
     def offset(self, program: str, name: str) -> int:
         """Where tensor ``name`` lives while ``program`` runs."""
@@ -134,8 +136,13 @@ def plan(
     programs: dict[str, tuple[list[Kernel], set[str]]],
     batch: int,
     real_bytes: int,
+    threads: bool = False,
 ) -> MemoryPlan:
-    """Lay out persistent tensors, then each program's transients from a common base."""
+    """Lay out persistent tensors, then each program's transients from a common base.
+
+    ``threads``: the code shares each batch out over a thread team (the C target), so a
+    batched tensor keeps to its seams (see ``place``); elsewhere any free bytes do.
+    """
 
     def nbytes(t: Tensor) -> int:
         return t.numel(batch) * (4 if t.dtype == "int32" else real_bytes)
@@ -157,7 +164,7 @@ def plan(
             for t in reads(kernel) + writes(kernel):
                 if t.role == "act" and t.alias_of is None:
                     transient_sizes[t.name] = max(transient_sizes.get(t.name, 0), nbytes(t))
-                    if t.batched:
+                    if t.batched and threads:
                         seams[t.name] = seam(nbytes(t), batch)
     peaks: dict[str, int] = {}
     transient: dict[str, dict[str, int]] = {}
@@ -171,4 +178,5 @@ def plan(
         peaks[program] = peak
         transient[program] = {name: base + off for name, off in local.items()}
     sizes.update(transient_sizes)
-    return MemoryPlan(offsets, transient, sizes, base, base + max(peaks.values(), default=0), peaks)
+    arena = base + max(peaks.values(), default=0)
+    return MemoryPlan(offsets, transient, sizes, base, arena, peaks, threads)

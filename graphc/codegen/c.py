@@ -127,6 +127,19 @@ def _column_blocks(var: str, width: int) -> dict[str, Any]:
     }
 
 
+def sample_block_context(target: Target, sums: Tensor, block: int, rows: str) -> dict[str, Any]:
+    """How a sum over the batch runs in sample blocks (kernels.SAMPLE_BLOCKS): ``sums`` holds
+    one row per block of ``block`` samples, ``rows`` is the C expression of the step's rows;
+    for the macros block_open and block_sum of common/macros.j2."""
+    return {
+        "for": target.parallel_for,
+        "count": rows if block == 1 else f"({rows} + {block - 1}) / {block}",
+        "block": block,
+        "size": sums.shape[-1],
+        "sums": owner(sums),
+    }
+
+
 def dim_text(d: Dim) -> str:
     """A loop extent in C: '128', 'n' or 'n * 3'."""
     if not d.batched:
@@ -361,16 +374,19 @@ class KernelContexts:
         width = k.keep[0].extent.coef if column else 0
         blocks = None
         if k.sums is not None:
-            blocks = {
-                "for": self.target.parallel_for,
-                "count": f"(n + {k.block - 1}) / {k.block}",
-                "block": k.block,
-                "size": k.keep[0].extent.coef,
-                "sums": owner(k.sums),
-            }
+            blocks = sample_block_context(self.target, k.sums, k.block, "n")
         return {
             "variant": "blocks" if blocks else None,
             "blocks": blocks,
+            # the block loop's locals (the template's own names: see names.TEMPLATE_LOCALS)
+            "v": {
+                "blk": "blk",
+                "start": "start",
+                "stop": "stop",
+                "part": "part",
+                "batch": "n",
+                "w": "sum",
+            },  # fmt: skip
             "params": params,
             "args": args,
             "columns": _column_blocks(k.keep[0].var, width) if column else None,

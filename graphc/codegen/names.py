@@ -15,7 +15,7 @@ C_KEYWORDS = frozenset(
 TEMPLATE_LOCALS = frozenset(
     """l p q t lr bc1 bc2 alpha rsqrt_bc2 sum total hits top lse scale best truth tile ctx r0 nr c0 nc arena
     memory loss correct count start row perm seed shuffle right step epoch threads index
-    norm kept binary argc argv a v blk stop""".split()
+    norm kept binary argc argv a v blk stop part""".split()
 )
 _TEMPORARY = re.compile(r"^t\d+$")  # common-subexpression temporaries are t0, t1, ...
 

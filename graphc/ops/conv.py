@@ -1006,20 +1006,17 @@ class ConvBackwardFilterKernel(Kernel):
     def writes(self) -> list[Tensor]:
         return self._scratch() + [self.grad]
 
-    def _blocks(self, cg: Any, v: dict[str, str]) -> dict[str, Any] | None:
-        """The sample blocks' loop and the sum over them, or None for one sum."""
-        from graphc.codegen.c import owner
+    def _blocks(self, cg: Any, v: dict[str, str]) -> dict[str, Any]:
+        """The sample blocks' context (none for one sum over the batch): the block loop and
+        the sum over the blocks with its target, and where the body's sums go."""
+        from graphc.codegen.c import owner, sample_block_context
 
         if self.sums is None:
-            return None
-        size = self.grad.per_sample
+            return {"blocks": None, "grad_block_sum": None, "part": owner(self.grad)}
         return {
-            "for": cg.target.parallel_for,
-            "count": f"({v['batch']} + {self.block - 1}) / {self.block}",
-            "block": self.block,
-            "size": size,
-            "sums": owner(self.sums),
-            "grad": owner(self.grad),
+            "blocks": sample_block_context(cg.target, self.sums, self.block, v["batch"]),
+            "grad_block_sum": f"{owner(self.grad)}[{v['i']}]",
+            "part": v["part"],
         }
 
     def c_context(self, cg: Any) -> dict[str, Any]:
@@ -1044,6 +1041,12 @@ class ConvBackwardFilterKernel(Kernel):
         )
         row_start = scaled(v["p"], win.kernel[-1]) if win.rank == 2 else None
         blocks = self._blocks(cg, v)
+        unroll = 4  # samples per simd loop
+        first, end = (v["start"], v["stop"]) if blocks["blocks"] else ("0", v["batch"])
+        # where the samples left over from the groups of unroll begin
+        rest = f"{end} - {end} % {unroll}"
+        if blocks["blocks"]:
+            rest = f"{end} - ({end} - {first}) % {unroll}"
         sums = [
             (f"{v['dot']}{q}", plus(walk["step"], str(q) if q else None), plus(row_start, str(q)))
             for q in range(win.kernel[-1])
@@ -1072,7 +1075,7 @@ class ConvBackwardFilterKernel(Kernel):
             ),
             "sums": sums,
             # samples per simd loop, and how far apart consecutive samples' rows lie
-            "unroll": 4,
+            "unroll": unroll,
             "d_sample": product(delta_plane),
             "row_sample": win.channels * product(win.padded),
             "var": walk["var"],
@@ -1082,10 +1085,11 @@ class ConvBackwardFilterKernel(Kernel):
                 if cg.target.simd
                 else ""
             ),
-            "grad": f"{v['part'] if blocks else owner(self.grad)}[{grad}]",
-            "blocks": blocks,
-            "first": v["start"] if blocks else "0",
-            "end": v["stop"] if blocks else v["batch"],
+            "grad": f"{blocks['part']}[{grad}]",
+            **blocks,
+            "first": first,
+            "end": end,
+            "rest": rest,
             "indent": indents(4 + len(loops), 1),
         }
 
@@ -1151,10 +1155,10 @@ class ConvBackwardFilterKernel(Kernel):
             "step": scaled(v["x"], win.stride[-1]),
             "simd": cg.target.simd,
             "zero": cg.printer.doprint(sp.Float(0.0)),
-            "grad": f"{v['part'] if blocked else owner(self.grad)}[{grad}]",
-            "blocks": blocked,
-            "first": v["start"] if blocked else "0",
-            "end": v["stop"] if blocked else v["batch"],
+            "grad": f"{blocked['part']}[{grad}]",
+            **blocked,
+            "first": v["start"] if blocked["blocks"] else "0",
+            "end": v["stop"] if blocked["blocks"] else v["batch"],
             "full": self.out_channels % LANE_BLOCK == 0,
             # the sums' block, then the sweep of one (sample, output row)
             "indent": indents(1 + len(outer), 1 + len(rows)),

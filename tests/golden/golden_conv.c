@@ -283,22 +283,23 @@ static void k_d_conv_b_view(const int n, const float *restrict delta_conv, float
 {
     /* each block of 1 samples sums its own part, on one thread */
     #pragma omp for schedule(static)
-    for (long blk = 0; blk < (n + 0) / 1; ++blk) {
+    for (long blk = 0; blk < n; ++blk) {
         const long start = blk * 1;
         const long stop = start + 1 < n ? start + 1 : n;
+        float *restrict part = d_conv_b_view_block_sums + blk * 2;
         for (long i = 0; i < 2; ++i) {
             double sum = 0.0;
             for (long j = start; j < stop; ++j)
                 for (long k = 0; k < 36; ++k)
                     sum += delta_conv[i * 36 + j * 72 + k];
-            d_conv_b_view_block_sums[blk * 2 + i] = (float)sum;
+            part[i] = (float)sum;
         }
     }
     /* the blocks' parts added in block order */
     #pragma omp for schedule(static)
     for (long i = 0; i < 2; ++i) {
         double sum = 0.0;
-        for (long blk = 0; blk < (n + 0) / 1; ++blk)
+        for (long blk = 0; blk < n; ++blk)
             sum += d_conv_b_view_block_sums[blk * 2 + i];
         d_conv_b_view[i] = (float)sum;
     }
@@ -338,9 +339,9 @@ static void k_grad_conv_W(const int batch, const float *restrict delta_conv, con
             }
         }
     }
-    /* each block of 1 samples sums its own gradient, on one thread */
+    /* each block of 1 samples sums its own part, on one thread */
     #pragma omp for schedule(static)
-    for (long blk = 0; blk < (batch + 0) / 1; ++blk) {
+    for (long blk = 0; blk < batch; ++blk) {
         const long start = blk * 1;
         const long stop = start + 1 < batch ? start + 1 : batch;
         float *restrict part = grad_conv_W_block_sums + blk * 18;
@@ -393,13 +394,13 @@ static void k_grad_conv_W(const int batch, const float *restrict delta_conv, con
             }
         }
     }
-    /* the gradient: the blocks' sums added in block order */
+    /* the blocks' parts added in block order */
     #pragma omp for schedule(static)
     for (long i = 0; i < 18; ++i) {
-        float w = grad_conv_W_block_sums[i];
-        for (long blk = 1; blk < (batch + 0) / 1; ++blk)
+        double w = 0.0;
+        for (long blk = 0; blk < batch; ++blk)
             w += grad_conv_W_block_sums[blk * 18 + i];
-        grad_conv_W[i] = w;
+        grad_conv_W[i] = (float)w;
     }
 }
 

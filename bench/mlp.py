@@ -115,8 +115,11 @@ def median_rates(
     return common.median_rates(calls, w.epochs * len(w.X), repeats, warmup=0)
 
 
-def graphc_trainer(w: Workload, threads: int) -> Callable[[int], None]:
-    """A function training the compiled graphc model for some epochs."""
+def graphc_trainer(
+    w: Workload, threads: int, cflags: list[str] | None = None
+) -> Callable[[int], None]:
+    """A function training the compiled graphc model for some epochs (``cflags`` replaces
+    the default compiler flags)."""
     g = gc.Graph("bench_mlp")
     x = g.input("x", (w.sizes[0],))
     y = g.input("y", (), dtype="int32")
@@ -127,8 +130,9 @@ def graphc_trainer(w: Workload, threads: int) -> Callable[[int], None]:
     g.minimize(gc.softmax_cross_entropy(logits, y))
     optimizer = gc.SGD(lr=w.lr) if w.optimizer == "sgd" else gc.Adam(lr=w.lr)
     model = gc.compile(
-        g, batch_size=w.batch, dtype="float32", optimizer=optimizer, seed=0, num_threads=threads
-    )
+        g, batch_size=w.batch, dtype="float32", optimizer=optimizer, seed=0,
+        num_threads=threads, cflags=cflags,
+    )  # fmt: skip
 
     def train(epochs: int) -> None:
         model.fit(w.X, w.y, epochs=epochs, shuffle=True)

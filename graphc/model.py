@@ -449,6 +449,15 @@ class Model:
         self._call("set_threads", self._handle, int(value))
 
     @property
+    def guarded_calls(self) -> int:
+        """Calls that ran on fewer threads than ``num_threads`` because another process
+        was sharing the team's cores (the shared-core guard of ``runtime/gc_team.h``; 0
+        on the CUDA targets)."""
+        if self._device:
+            return 0
+        return int(self._call("guarded_calls", self._handle))
+
+    @property
     def step(self) -> int:
         """Training steps taken so far."""
         return int(self._call("step", self._handle))

@@ -15,6 +15,7 @@
 #include "gc_math.h"
 #include "gc_random.h"
 #include "gc_shuffle.h"
+#include "gc_team.h"
 
 /* One 64-byte aligned, zeroed block: the model's arena.  It comes from calloc, which
    hands a large block over as fresh zero pages without writing them, so a page costs
@@ -41,18 +42,6 @@ static inline void gc_arena_free(unsigned char *p)
     memcpy(&raw, p - sizeof(void *), sizeof(void *));
     free(raw);
 }
-
-/* Below this many floating-point operations per call, one thread is faster than a team:
-   waking the team and syncing it at the kernels' barriers costs about a microsecond each
-   time.  Measured on 2 Zen 4 cores: two threads make a 0.5 MFLOP Adam step 1.5x slower, a
-   1.2 MFLOP one breaks even and a 2.9 MFLOP one gains 15-20% -- but only while each
-   thread has a core to itself: on a shared VM the same two-thread step has run 2.5x
-   slower than one thread for minutes at a time (W2: 273k against 679k samples/s, nothing
-   else running).  8 MFLOP keeps small models out of that.  Entry points pass
-   `if (work >= GC_TEAM_FLOPS)` to OpenMP. */
-#ifndef GC_TEAM_FLOPS
-#define GC_TEAM_FLOPS 8e6
-#endif
 
 static inline int gc_default_threads(void)
 {

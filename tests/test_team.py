@@ -98,3 +98,61 @@ def test_training_gives_the_same_bits_on_any_team(build, optimizer):
         results.append((losses, history.history["loss"], params, state))
     assert results[0] == results[1], "2 threads differ from 1"
     assert results[0] == results[2], "3 threads differ from 1"
+
+
+def _schedstat_readable() -> bool:
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return len(f.read().split()) >= 2
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(
+    not _schedstat_readable(),
+    reason="the shared-core guard reads /proc/thread-self/schedstat (Linux with schedstats)",
+)
+def test_the_guard_drops_threads_while_the_cores_are_shared():
+    """With a busy process on every CPU, the team's threads wait for a CPU about half the
+    time: the guard (runtime/gc_team.h) runs calls on fewer threads, and training still
+    ends with the bits of a model trained on one thread."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from graphc.build import find_compiler, openmp_flags
+
+    if not openmp_flags(find_compiler()):
+        pytest.skip("the C compiler has no OpenMP: every call runs on one thread")
+    g = gc.Graph("team_guard")
+    x = g.input("x", 256)
+    y = g.input("y", (), dtype="int32")
+    h = gc.dense(x, 256, activation="relu", name="h")
+    g.minimize(gc.softmax_cross_entropy(gc.dense(h, 10, name="out"), y))
+    rng = np.random.default_rng(5)
+    data = {"x": rng.standard_normal((2048, 256)), "y": rng.integers(0, 10, 2048)}
+
+    def model(threads: int):
+        return gc.compile(  # 64 rows: 26 MFLOP a step, above GC_TEAM_FLOPS
+            g, batch_size=64, optimizer=gc.SGD(0.01), seed=4, num_threads=threads
+        )
+
+    shared = model(2)
+    cpus = len(os.sched_getaffinity(0))
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cpus)]
+    try:
+        epochs, deadline = 0, time.monotonic() + 20
+        while shared.guarded_calls == 0 and time.monotonic() < deadline:
+            shared.fit(data, epochs=1, verbose=0)
+            epochs += 1
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    assert shared.guarded_calls > 0, f"no call ran on fewer threads in {epochs} epochs"
+    alone = model(1)
+    alone.fit(data, epochs=epochs, verbose=0)
+    assert alone.guarded_calls == 0
+    for name, value in alone.params.items():
+        assert value.tobytes() == shared.params[name].tobytes(), name

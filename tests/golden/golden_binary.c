@@ -15,7 +15,8 @@
 
 struct golden_binary_model {
     unsigned char *arena;  /* every tensor lives here, at an offset fixed at compile time */
-    int threads;           /* OpenMP team size */
+    int threads;           /* OpenMP team size asked for */
+    gc_guard guard;        /* fewer threads while a core is shared (gc_team.h) */
     int64_t step;          /* training steps taken */
     int64_t epoch;         /* epochs finished */
     uint64_t seed;         /* seed of the counter-based random streams (dropout masks) */
@@ -444,6 +445,7 @@ void golden_binary_destroy(golden_binary_model *m)
 size_t golden_binary_arena_bytes(void) { return ARENA_BYTES; }
 float *golden_binary_tensor(golden_binary_model *m, int index) { return (float *)(m->arena + tensor_offsets[index]); }
 void golden_binary_set_threads(golden_binary_model *m, int threads) { m->threads = threads > 0 ? threads : gc_default_threads(); }
+int64_t golden_binary_guarded_calls(golden_binary_model *m) { return m->guard.reduced; }
 void golden_binary_set_lr(golden_binary_model *m, double lr) { m->lr = lr; }
 void golden_binary_set_counters(golden_binary_model *m, int64_t step, int64_t epoch) { m->step = step; m->epoch = epoch; }
 void golden_binary_set_seed(golden_binary_model *m, uint64_t seed) { m->seed = seed; }
@@ -456,8 +458,16 @@ static double train_batch(golden_binary_model *m, const int n, const float *x, c
 {
     m->step += 1;
     m->lr_now = m->lr;
-    #pragma omp parallel num_threads(m->threads) if (266.0 + 142.0 * n >= GC_TEAM_FLOPS)
-    train_program(m, n, x, x_rows, v_t);
+    gc_team(&m->guard, m->threads, 266.0 + 142.0 * n);
+    #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
+    {
+        const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
+        train_program(m, n, x, x_rows, v_t);
+        if (m->guard.sampled)
+            gc_guard_add(&m->guard, waited);
+    }
+    if (m->guard.sampled)
+        gc_guard_judge(&m->guard);
     return m->loss;
 }
 
@@ -468,8 +478,16 @@ double golden_binary_train_step(golden_binary_model *m, const float *x, const fl
 
 double golden_binary_gradients(golden_binary_model *m, const float *x, const float *v_t, int n)
 {
-    #pragma omp parallel num_threads(m->threads) if (7.0 + 142.0 * n >= GC_TEAM_FLOPS)
-    grad_program(m, n, x, v_t);
+    gc_team(&m->guard, m->threads, 7.0 + 142.0 * n);
+    #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
+    {
+        const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
+        grad_program(m, n, x, v_t);
+        if (m->guard.sampled)
+            gc_guard_add(&m->guard, waited);
+    }
+    if (m->guard.sampled)
+        gc_guard_judge(&m->guard);
     return m->loss;
 }
 
@@ -497,8 +515,16 @@ double golden_binary_evaluate(golden_binary_model *m, const float *x, const floa
     double total = 0.0, right = 0.0;
     for (int64_t start = 0; start < count; start += BATCH) {
         const int n = (int)(count - start < BATCH ? count - start : BATCH);
-        #pragma omp parallel num_threads(m->threads) if (0.0 + 63.0 * n >= GC_TEAM_FLOPS)
-        eval_program(m, n, x + (size_t)start * 4, v_t + (size_t)start * 1);
+        gc_team(&m->guard, m->threads, 0.0 + 63.0 * n);
+        #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
+        {
+            const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
+            eval_program(m, n, x + (size_t)start * 4, v_t + (size_t)start * 1);
+            if (m->guard.sampled)
+                gc_guard_add(&m->guard, waited);
+        }
+        if (m->guard.sampled)
+            gc_guard_judge(&m->guard);
         total += m->loss * n;
         right += m->correct;
     }
@@ -510,8 +536,16 @@ void golden_binary_predict(golden_binary_model *m, const float *x, int64_t count
 {
     for (int64_t start = 0; start < count; start += BATCH) {
         const int n = (int)(count - start < BATCH ? count - start : BATCH);
-        #pragma omp parallel num_threads(m->threads) if (0.0 + 60.0 * n >= GC_TEAM_FLOPS)
-        infer_program(m, n, x + (size_t)start * 4);
+        gc_team(&m->guard, m->threads, 0.0 + 60.0 * n);
+        #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
+        {
+            const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
+            infer_program(m, n, x + (size_t)start * 4);
+            if (m->guard.sampled)
+                gc_guard_add(&m->guard, waited);
+        }
+        if (m->guard.sampled)
+            gc_guard_judge(&m->guard);
         memcpy(out_p + (size_t)start * 1, m->arena + 1536, (size_t)n * 1 * sizeof *out_p);
     }
 }

@@ -15,7 +15,8 @@
 
 struct golden_conv_model {
     unsigned char *arena;  /* every tensor lives here, at an offset fixed at compile time */
-    int threads;           /* OpenMP team size */
+    int threads;           /* OpenMP team size asked for */
+    gc_guard guard;        /* fewer threads while a core is shared (gc_team.h) */
     int64_t step;          /* training steps taken */
     int64_t epoch;         /* epochs finished */
     uint64_t seed;         /* seed of the counter-based random streams (dropout masks) */
@@ -643,6 +644,7 @@ void golden_conv_destroy(golden_conv_model *m)
 size_t golden_conv_arena_bytes(void) { return ARENA_BYTES; }
 float *golden_conv_tensor(golden_conv_model *m, int index) { return (float *)(m->arena + tensor_offsets[index]); }
 void golden_conv_set_threads(golden_conv_model *m, int threads) { m->threads = threads > 0 ? threads : gc_default_threads(); }
+int64_t golden_conv_guarded_calls(golden_conv_model *m) { return m->guard.reduced; }
 void golden_conv_set_lr(golden_conv_model *m, double lr) { m->lr = lr; }
 void golden_conv_set_counters(golden_conv_model *m, int64_t step, int64_t epoch) { m->step = step; m->epoch = epoch; }
 void golden_conv_set_seed(golden_conv_model *m, uint64_t seed) { m->seed = seed; }
@@ -655,8 +657,16 @@ static double train_batch(golden_conv_model *m, const int n, const float *x, con
 {
     m->step += 1;
     m->lr_now = m->lr;
-    #pragma omp parallel num_threads(m->threads) if (406.0 + 3410.0 * n >= GC_TEAM_FLOPS)
-    train_program(m, n, x, y);
+    gc_team(&m->guard, m->threads, 406.0 + 3410.0 * n);
+    #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
+    {
+        const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
+        train_program(m, n, x, y);
+        if (m->guard.sampled)
+            gc_guard_add(&m->guard, waited);
+    }
+    if (m->guard.sampled)
+        gc_guard_judge(&m->guard);
     return m->loss;
 }
 
@@ -667,8 +677,16 @@ double golden_conv_train_step(golden_conv_model *m, const float *x, const int32_
 
 double golden_conv_gradients(golden_conv_model *m, const float *x, const int32_t *y, int n)
 {
-    #pragma omp parallel num_threads(m->threads) if (21.0 + 3410.0 * n >= GC_TEAM_FLOPS)
-    grad_program(m, n, x, y);
+    gc_team(&m->guard, m->threads, 21.0 + 3410.0 * n);
+    #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
+    {
+        const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
+        grad_program(m, n, x, y);
+        if (m->guard.sampled)
+            gc_guard_add(&m->guard, waited);
+    }
+    if (m->guard.sampled)
+        gc_guard_judge(&m->guard);
     return m->loss;
 }
 
@@ -698,8 +716,16 @@ double golden_conv_evaluate(golden_conv_model *m, const float *x, const int32_t 
     double total = 0.0, right = 0.0;
     for (int64_t start = 0; start < count; start += BATCH) {
         const int n = (int)(count - start < BATCH ? count - start : BATCH);
-        #pragma omp parallel num_threads(m->threads) if (0.0 + 1510.0 * n >= GC_TEAM_FLOPS)
-        eval_program(m, n, x + (size_t)start * 36, y + (size_t)start * 1);
+        gc_team(&m->guard, m->threads, 0.0 + 1510.0 * n);
+        #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
+        {
+            const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
+            eval_program(m, n, x + (size_t)start * 36, y + (size_t)start * 1);
+            if (m->guard.sampled)
+                gc_guard_add(&m->guard, waited);
+        }
+        if (m->guard.sampled)
+            gc_guard_judge(&m->guard);
         total += m->loss * n;
         right += m->correct;
     }
@@ -711,8 +737,16 @@ void golden_conv_predict(golden_conv_model *m, const float *x, int64_t count, fl
 {
     for (int64_t start = 0; start < count; start += BATCH) {
         const int n = (int)(count - start < BATCH ? count - start : BATCH);
-        #pragma omp parallel num_threads(m->threads) if (0.0 + 1500.0 * n >= GC_TEAM_FLOPS)
-        infer_program(m, n, x + (size_t)start * 36);
+        gc_team(&m->guard, m->threads, 0.0 + 1500.0 * n);
+        #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
+        {
+            const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
+            infer_program(m, n, x + (size_t)start * 36);
+            if (m->guard.sampled)
+                gc_guard_add(&m->guard, waited);
+        }
+        if (m->guard.sampled)
+            gc_guard_judge(&m->guard);
         memcpy(out_probs + (size_t)start * 3, m->arena + 3776, (size_t)n * 3 * sizeof *out_probs);
     }
 }

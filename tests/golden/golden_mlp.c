@@ -15,7 +15,8 @@
 
 struct golden_mlp_model {
     unsigned char *arena;  /* every tensor lives here, at an offset fixed at compile time */
-    int threads;           /* OpenMP team size */
+    int threads;           /* OpenMP team size asked for */
+    gc_guard guard;        /* fewer threads while a core is shared (gc_team.h) */
     int64_t step;          /* training steps taken */
     int64_t epoch;         /* epochs finished */
     uint64_t seed;         /* seed of the counter-based random streams (dropout masks) */
@@ -419,6 +420,7 @@ void golden_mlp_destroy(golden_mlp_model *m)
 size_t golden_mlp_arena_bytes(void) { return ARENA_BYTES; }
 float *golden_mlp_tensor(golden_mlp_model *m, int index) { return (float *)(m->arena + tensor_offsets[index]); }
 void golden_mlp_set_threads(golden_mlp_model *m, int threads) { m->threads = threads > 0 ? threads : gc_default_threads(); }
+int64_t golden_mlp_guarded_calls(golden_mlp_model *m) { return m->guard.reduced; }
 void golden_mlp_set_lr(golden_mlp_model *m, double lr) { m->lr = lr; }
 void golden_mlp_set_counters(golden_mlp_model *m, int64_t step, int64_t epoch) { m->step = step; m->epoch = epoch; }
 void golden_mlp_set_seed(golden_mlp_model *m, uint64_t seed) { m->seed = seed; }
@@ -431,8 +433,16 @@ static double train_batch(golden_mlp_model *m, const int n, const float *x, cons
 {
     m->step += 1;
     m->lr_now = m->lr;
-    #pragma omp parallel num_threads(m->threads) if (40.0 + 299.0 * n >= GC_TEAM_FLOPS)
-    train_program(m, n, x, x_rows, y);
+    gc_team(&m->guard, m->threads, 40.0 + 299.0 * n);
+    #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
+    {
+        const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
+        train_program(m, n, x, x_rows, y);
+        if (m->guard.sampled)
+            gc_guard_add(&m->guard, waited);
+    }
+    if (m->guard.sampled)
+        gc_guard_judge(&m->guard);
     return m->loss;
 }
 
@@ -443,8 +453,16 @@ double golden_mlp_train_step(golden_mlp_model *m, const float *x, const int32_t 
 
 double golden_mlp_gradients(golden_mlp_model *m, const float *x, const int32_t *y, int n)
 {
-    #pragma omp parallel num_threads(m->threads) if (10.0 + 299.0 * n >= GC_TEAM_FLOPS)
-    grad_program(m, n, x, y);
+    gc_team(&m->guard, m->threads, 10.0 + 299.0 * n);
+    #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
+    {
+        const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
+        grad_program(m, n, x, y);
+        if (m->guard.sampled)
+            gc_guard_add(&m->guard, waited);
+    }
+    if (m->guard.sampled)
+        gc_guard_judge(&m->guard);
     return m->loss;
 }
 
@@ -472,8 +490,16 @@ double golden_mlp_evaluate(golden_mlp_model *m, const float *x, const int32_t *y
     double total = 0.0, right = 0.0;
     for (int64_t start = 0; start < count; start += BATCH) {
         const int n = (int)(count - start < BATCH ? count - start : BATCH);
-        #pragma omp parallel num_threads(m->threads) if (0.0 + 128.0 * n >= GC_TEAM_FLOPS)
-        eval_program(m, n, x + (size_t)start * 5, y + (size_t)start * 1);
+        gc_team(&m->guard, m->threads, 0.0 + 128.0 * n);
+        #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
+        {
+            const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
+            eval_program(m, n, x + (size_t)start * 5, y + (size_t)start * 1);
+            if (m->guard.sampled)
+                gc_guard_add(&m->guard, waited);
+        }
+        if (m->guard.sampled)
+            gc_guard_judge(&m->guard);
         total += m->loss * n;
         right += m->correct;
     }
@@ -485,8 +511,16 @@ void golden_mlp_predict(golden_mlp_model *m, const float *x, int64_t count, floa
 {
     for (int64_t start = 0; start < count; start += BATCH) {
         const int n = (int)(count - start < BATCH ? count - start : BATCH);
-        #pragma omp parallel num_threads(m->threads) if (0.0 + 118.0 * n >= GC_TEAM_FLOPS)
-        infer_program(m, n, x + (size_t)start * 5);
+        gc_team(&m->guard, m->threads, 0.0 + 118.0 * n);
+        #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
+        {
+            const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
+            infer_program(m, n, x + (size_t)start * 5);
+            if (m->guard.sampled)
+                gc_guard_add(&m->guard, waited);
+        }
+        if (m->guard.sampled)
+            gc_guard_judge(&m->guard);
         memcpy(out_probs + (size_t)start * 3, m->arena + 1088, (size_t)n * 3 * sizeof *out_probs);
     }
 }

@@ -16,8 +16,11 @@
  * per whole half of the waiting, and at least one (two threads become one).  Each failed
  * try doubles the stretch (GC_GUARD_STRETCH up to GC_GUARD_STRETCH_MAX seconds); a passed
  * one resets it.  A try samples every call and a clear case is judged early, so that a
- * try on a core still shared costs a few calls.  Measured on 2 vCPUs training W1: idle, the judged waiting stayed below
- * 10% (about 600 judgements); with a busy loop on one vCPU it was 54-77%.
+ * try on a core still shared costs a few calls.  The first stretch is short because most
+ * waiting on an otherwise idle machine is brief (another thread pool winding down).  A
+ * sample costs each thread about 10 us (the file opened and read twice), hence one per
+ * 10 ms outside a try.  Measured on 2 vCPUs training W1: idle, the judged waiting stayed
+ * below 10% for 20 s (about 300 judgements); with a busy loop on one vCPU it was 54-77%.
  *
  * The kernels give the same bits on any team size (tests/test_team.py), so the guard
  * changes only speed.  -DGC_GUARD=0 turns it off; without OpenMP or on a system with no
@@ -47,12 +50,12 @@
 #ifndef GC_GUARD
 #define GC_GUARD 1
 #endif
-#define GC_GUARD_EVERY 0.002     /* seconds from the end of one sample to the next */
+#define GC_GUARD_EVERY 0.01      /* seconds from the end of one sample to the next */
 #define GC_GUARD_SAMPLES 16      /* samples per judgement */
 #define GC_GUARD_WAIT 0.30       /* waiting / time above which the team is given up */
 #define GC_GUARD_EARLY 0.01      /* seconds of samples enough for a clear case ... */
 #define GC_GUARD_CLEAR 0.50      /* ... of this much waiting */
-#define GC_GUARD_STRETCH 0.1     /* seconds on fewer threads after a first failed judgement */
+#define GC_GUARD_STRETCH 0.02    /* seconds on fewer threads after a first failed judgement */
 #define GC_GUARD_STRETCH_MAX 3.2 /* ... and at most, while the core stays shared */
 
 typedef struct {

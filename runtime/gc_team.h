@@ -54,6 +54,7 @@
 #define GC_GUARD_SAMPLES 16      /* samples per judgement */
 #define GC_GUARD_WAIT 0.30       /* waiting / time above which the team is given up */
 #define GC_GUARD_EARLY 0.01      /* seconds of samples enough for a clear case ... */
+#define GC_GUARD_EARLY_TRY 0.002 /* ... or in a try, where the core was shared just now */
 #define GC_GUARD_CLEAR 0.50      /* ... of this much waiting */
 #define GC_GUARD_STRETCH 0.02    /* seconds on fewer threads after a first failed judgement */
 #define GC_GUARD_STRETCH_MAX 3.2 /* ... and at most, while the core stays shared */
@@ -141,8 +142,9 @@ static inline void gc_guard_add(gc_guard *g, int64_t before)
 }
 
 /* After a sampled call: count it, and judge the team every GC_GUARD_SAMPLES samples, or
-   as soon as GC_GUARD_EARLY seconds of samples show more than GC_GUARD_CLEAR waiting.  The
-   try after a stretch on fewer threads samples every call, so that it ends soon. */
+   as soon as GC_GUARD_EARLY seconds of samples (GC_GUARD_EARLY_TRY in a try) show more
+   than GC_GUARD_CLEAR waiting.  The try after a stretch on fewer threads samples every
+   call, so that it ends soon. */
 static inline void gc_guard_judge(gc_guard *g)
 {
 #ifdef _OPENMP
@@ -150,7 +152,8 @@ static inline void gc_guard_judge(gc_guard *g)
     g->spent += now - g->start;
     g->samples += 1;
     const double waiting = (double)g->waited * 1e-9 / g->spent;
-    const int clear = g->spent >= GC_GUARD_EARLY && waiting > GC_GUARD_CLEAR;
+    const double enough = g->trying ? GC_GUARD_EARLY_TRY : GC_GUARD_EARLY;
+    const int clear = g->spent >= enough && waiting > GC_GUARD_CLEAR;
     if (g->samples >= GC_GUARD_SAMPLES || clear) {
         if (g->stretch <= 0.0)
             g->stretch = GC_GUARD_STRETCH;

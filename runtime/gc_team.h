@@ -11,16 +11,19 @@
  * for a CPU while runnable (run_delay, the second field of /proc/thread-self/schedstat)
  * before and after its part.  Every GC_GUARD_SAMPLES samples the guard judges: if the
  * threads' waiting, summed, exceeds GC_GUARD_WAIT of the samples' time, the model runs on
- * fewer threads for a stretch, then tries the whole team again.  A thread on a core
- * shared with one busy process waits about half the time, so the team drops one thread
- * per whole half of the waiting, and at least one (two threads become one).  Each failed
- * try doubles the stretch (GC_GUARD_STRETCH up to GC_GUARD_STRETCH_MAX seconds); a passed
- * one resets it.  A try samples every call and a clear case is judged early, so that a
- * try on a core still shared costs a few calls.  The first stretch is short because most
- * waiting on an otherwise idle machine is brief (another thread pool winding down).  A
- * sample costs each thread about 10 us (the file opened and read twice), hence one per
- * 10 ms outside a try.  Measured on 2 vCPUs training W1: idle, the judged waiting stayed
- * below 10% for 20 s (about 300 judgements); with a busy loop on one vCPU it was 54-77%.
+ * fewer threads for a stretch, then tries the whole team again.  The team drops as many
+ * threads as the summed waiting rounds to, at least one (a thread sharing its core with
+ * one busy process waits about half the time: two threads become one), and keeps no more
+ * threads than the process has CPUs.  Each failed try doubles the stretch
+ * (GC_GUARD_STRETCH up to GC_GUARD_STRETCH_MAX seconds); a passed one resets it.  A try
+ * samples every call and a clear case is judged early, so that a try on a core still
+ * shared costs a few calls.  The first stretch is short because most waiting on an
+ * otherwise idle machine is brief (another thread pool winding down).  A sample costs
+ * each thread about 10 us (the file opened and read twice), hence one per 10 ms outside a
+ * try.  Measured on 2 vCPUs training W1: idle, the judged waiting stayed below 10% for
+ * 20 s (about 300 judgements); with a busy loop on one vCPU it was 54-77%.  Four threads
+ * on the 2 vCPUs, idle, waited 55-60% in all (libgomp throttles the spinning of a team
+ * larger than the CPUs) and train W1 at 66k-79k samples/s on two, 59k-66k on four.
  *
  * The kernels give the same bits on any team size (tests/test_team.py), so the guard
  * changes only speed.  -DGC_GUARD=0 turns it off; without OpenMP or on a system with no
@@ -159,7 +162,9 @@ static inline void gc_guard_judge(gc_guard *g)
             g->stretch = GC_GUARD_STRETCH;
         g->trying = waiting > GC_GUARD_WAIT;
         if (g->trying) {
-            g->drop = waiting < 1.0 ? 1 : (int)(waiting / 0.5);
+            g->drop = waiting < 1.5 ? 1 : (int)(waiting + 0.5);
+            if (g->team - g->drop > omp_get_num_procs())
+                g->drop = g->team - omp_get_num_procs();
             g->till = now + g->stretch;
             g->stretch = fmin(2.0 * g->stretch, GC_GUARD_STRETCH_MAX);
         } else {

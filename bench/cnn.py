@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 
 import numpy as np
-from common import ROOT, median_rates, optional
+from common import ROOT, median_rates, optional, timed
 
 sys.path.insert(0, str(ROOT / "examples"))
 import lenet5  # noqa: E402  (the example defines the graph the benchmark trains)
@@ -37,7 +37,7 @@ def data(quick: bool) -> tuple[np.ndarray, np.ndarray]:
 
 def graphc_trainer(X: np.ndarray, y: np.ndarray, threads: int) -> Callable[[], None]:
     """One epoch of graphc training per call."""
-    model = lenet5.build_model(num_threads=threads)
+    model = timed(lenet5.build_model(num_threads=threads))
     return lambda: model.fit(X, y, epochs=1, verbose=0)
 
 

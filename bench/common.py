@@ -34,6 +34,8 @@ except ImportError:  # a source checkout without install: use the repository nex
 __all__ = [
     "gc",
     "ROOT",
+    "MODELS",
+    "timed",
     "median_rates",
     "settle",
     "fma_peak",
@@ -43,6 +45,17 @@ __all__ = [
     "machine",
     "optional",
 ]
+
+
+#: every graphc model a benchmark timed, in the order they were built (see ``timed``)
+MODELS: list = []
+
+
+def timed(model):
+    """Note a compiled graphc model that a benchmark times, so that a report can say how
+    many of its steps the shared-core guard ran on fewer threads; returns the model."""
+    MODELS.append(model)
+    return model
 
 
 def median_rates(

@@ -39,6 +39,7 @@ def graphc_trainer(kind: str, X: np.ndarray, y: np.ndarray, threads: int) -> Cal
     logits = gc.dense(h, VOCAB, name="out")
     g.minimize(gc.softmax_cross_entropy(logits, targets))
     model = gc.compile(g, batch_size=BATCH, optimizer=gc.Adam(lr=2e-3), num_threads=threads)
+    common.timed(model)
     return lambda: model.fit(X, y, epochs=1)
 
 

@@ -89,6 +89,19 @@ def cores(threads: int, peak: float | None) -> None:
         )
 
 
+def guard_note(first: int) -> None:
+    """Print how many steps the shared-core guard ran on fewer threads in the graphc models
+    timed since ``common.MODELS[first]``, when it shrank any."""
+    models = common.MODELS[first:]
+    shrunk = sum(m.guarded_calls for m in models)
+    if shrunk:
+        steps = sum(m.step for m in models)
+        print(
+            f"{'':34} (the shared-core guard ran {shrunk:,} of graphc's {steps:,} steps"
+            " on fewer threads)"
+        )
+
+
 def mlp_rates(w: mlp.Workload, threads: int, repeats: int) -> dict[str, float]:
     """Samples/s of graphc and every installed peer on one MLP workload."""
     trainers = {"graphc": mlp.graphc_trainer(w, threads)}
@@ -144,21 +157,27 @@ def main() -> None:
     results: dict[str, tuple[str, float] | None] = {}
     for key, w in zip(("W1", "W2"), workloads):
         if key not in skip:
+            first = len(common.MODELS)
             rates = mlp_rates(w, args.threads, repeats)
             results[key] = row(w.label, rates, w.needed_flops_per_sample, peak, "sa/s")
+            guard_note(first)
             cores(args.threads, peak)
     if "W3" not in skip:
+        first = len(common.MODELS)
         rates = cnn.measure(args.quick, args.threads, repeats)
         results["W3"] = row("W3 LeNet-5 SGD momentum b64", rates, cnn.TRAIN_FLOPS, peak, "sa/s")
+        guard_note(first)
         cores(args.threads, peak)
     if "W4" not in skip:
         sequences = 256 if args.quick else 1024
         for kind in ("rnn", "lstm"):
+            first = len(common.MODELS)
             rates = rnn_rates(kind, sequences, args.threads, repeats)
             label = f"W4 {kind.upper()} 65->128 T32 Adam b32"
             results[f"W4 {kind.upper()}"] = row(
                 label, rates, rnn_flops_per_token(kind), peak, "tokens/s"
             )
+            guard_note(first)
             cores(args.threads, peak)
     print(f"load average after the throughput runs: {common.load():.2f}")
     if results:

@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from graphc.build import default_flags, find_compiler
 
     flags = default_flags(find_compiler())
+    guarded = len(common.MODELS)  # the index of the guarded build's model
     models = {
         "graphc": mlp.graphc_trainer(w, args.threads),
         "graphc unguarded": mlp.graphc_trainer(w, args.threads, flags + ["-DGC_GUARD=0"]),
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for name, rate in rates.items():
         ratio = f"  graphc/{name} = {rates['graphc'] / rate:5.2f}" if name != "graphc" else ""
         print(f"  {name:17} {rate:10,.0f} samples/s{ratio}")
-    model = models["graphc"].model
+    model = common.MODELS[guarded]
     print(
         f"  the guard ran {model.guarded_calls:,} of graphc's {model.step:,} steps on fewer threads"
     )

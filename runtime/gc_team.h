@@ -14,10 +14,11 @@
  * fewer threads for a stretch, then tries the whole team again.  The team drops as many
  * threads as the summed waiting rounds to, at least one (a thread sharing its core with
  * one busy process waits about half the time: two threads become one), and keeps no more
- * threads than the process has CPUs.  Each failed try doubles the stretch
- * (GC_GUARD_STRETCH up to GC_GUARD_STRETCH_MAX seconds); a passed one resets it.  A try
- * samples every call and a clear case is judged early, so that a try on a core still
- * shared costs a few calls.  The first stretch is short because most waiting on an
+ * threads than the process has CPUs; during the stretch the smaller team is judged the
+ * same way and drops more threads while it still waits.  Each failed try doubles the
+ * stretch (GC_GUARD_STRETCH up to GC_GUARD_STRETCH_MAX seconds); a passed one resets it.
+ * A try samples every call and a clear case is judged early, so that a try on a core
+ * still shared costs a few calls.  The first stretch is short because most waiting on an
  * otherwise idle machine is brief (another thread pool winding down).  A sample costs
  * each thread about 10 us (the file opened and read twice), hence one per 10 ms outside a
  * try.  Measured on 2 vCPUs training W1: idle, the judged waiting stayed below 10% for
@@ -65,12 +66,14 @@
 typedef struct {
     int team;         /* threads of the current call */
     int sampled;      /* the current call is sampled */
+    int trying;       /* the current call is a try: the whole team again after a stretch */
+    int asked;        /* threads the current call was asked to run on */
     int off;          /* no run_delay to read here */
-    int drop;         /* threads left out until `till` */
-    int trying;       /* the last judgement gave the team up: the next samples are a try */
+    int drop;         /* threads left out (0: the whole team is trusted) */
+    int judged;       /* the team size of the samples since the last judgement */
     double till;      /* end of the current stretch on fewer threads (omp_get_wtime) */
     double stretch;   /* the next such stretch, seconds (0: GC_GUARD_STRETCH) */
-    double next;      /* time of the next sample */
+    double next;      /* time of the next sample outside a try */
     double start;     /* start of the current sample */
     double spent;     /* the samples' wall time, seconds */
     int64_t waited;   /* the samples' run_delay, summed over threads, nanoseconds */
@@ -104,7 +107,8 @@ static inline int64_t gc_run_delay(void)
 }
 
 /* The team of a call of `work` flops on a model asking for `threads`: sets g->team, and
-   g->sampled when this call is sampled. */
+   g->sampled when this call is sampled (every call of a try, else one per
+   GC_GUARD_EVERY seconds; a call on one thread has nothing to judge). */
 static inline void gc_team(gc_guard *g, int threads, double work)
 {
     g->sampled = 0;
@@ -117,10 +121,19 @@ static inline void gc_team(gc_guard *g, int threads, double work)
     if (g->off)
         return;
     const double now = omp_get_wtime();
-    if (now < g->till) {
+    if (g->drop > 0 && now < g->till) {
         g->reduced += 1;
         g->team = threads > g->drop ? threads - g->drop : 1;
-    } else if (now >= g->next) {
+    }
+    g->trying = g->drop > 0 && g->team == threads;
+    g->asked = threads;
+    if (g->team != g->judged) { /* a judgement weighs samples of one team size */
+        g->judged = g->team;
+        g->spent = 0.0;
+        g->waited = 0;
+        g->samples = 0;
+    }
+    if (g->team > 1 && (g->trying || now >= g->next)) {
         g->sampled = 1;
         g->start = now;
     }
@@ -146,35 +159,38 @@ static inline void gc_guard_add(gc_guard *g, int64_t before)
 
 /* After a sampled call: count it, and judge the team every GC_GUARD_SAMPLES samples, or
    as soon as GC_GUARD_EARLY seconds of samples (GC_GUARD_EARLY_TRY in a try) show more
-   than GC_GUARD_CLEAR waiting.  The try after a stretch on fewer threads samples every
-   call, so that it ends soon. */
+   than GC_GUARD_CLEAR waiting.  The whole team waiting starts a stretch on fewer threads
+   (or, after a try, the next, twice as long); a smaller team still waiting during a
+   stretch drops more threads; the whole team not waiting is trusted again. */
 static inline void gc_guard_judge(gc_guard *g)
 {
 #ifdef _OPENMP
     const double now = omp_get_wtime();
     g->spent += now - g->start;
     g->samples += 1;
+    g->next = now + GC_GUARD_EVERY;
     const double waiting = (double)g->waited * 1e-9 / g->spent;
     const double enough = g->trying ? GC_GUARD_EARLY_TRY : GC_GUARD_EARLY;
-    const int clear = g->spent >= enough && waiting > GC_GUARD_CLEAR;
-    if (g->samples >= GC_GUARD_SAMPLES || clear) {
-        if (g->stretch <= 0.0)
-            g->stretch = GC_GUARD_STRETCH;
-        g->trying = waiting > GC_GUARD_WAIT;
-        if (g->trying) {
-            g->drop = waiting < 1.5 ? 1 : (int)(waiting + 0.5);
-            if (g->team - g->drop > omp_get_num_procs())
-                g->drop = g->team - omp_get_num_procs();
-            g->till = now + g->stretch;
-            g->stretch = fmin(2.0 * g->stretch, GC_GUARD_STRETCH_MAX);
-        } else {
-            g->stretch = GC_GUARD_STRETCH;
-        }
-        g->spent = 0.0;
-        g->waited = 0;
-        g->samples = 0;
+    if (g->samples < GC_GUARD_SAMPLES && !(g->spent >= enough && waiting > GC_GUARD_CLEAR))
+        return;
+    if (g->stretch <= 0.0)
+        g->stretch = GC_GUARD_STRETCH;
+    const int more = waiting < 1.5 ? 1 : (int)(waiting + 0.5);
+    if (waiting > GC_GUARD_WAIT && g->team == g->asked) {
+        g->drop = more;
+        if (g->asked - g->drop > omp_get_num_procs())
+            g->drop = g->asked - omp_get_num_procs();
+        g->till = now + g->stretch;
+        g->stretch = fmin(2.0 * g->stretch, GC_GUARD_STRETCH_MAX);
+    } else if (waiting > GC_GUARD_WAIT) {
+        g->drop = g->drop + more < g->asked ? g->drop + more : g->asked - 1;
+    } else if (g->team == g->asked) {
+        g->drop = 0;
+        g->stretch = GC_GUARD_STRETCH;
     }
-    g->next = g->trying ? now : now + GC_GUARD_EVERY;
+    g->spent = 0.0;
+    g->waited = 0;
+    g->samples = 0;
 #else
     (void)g;
 #endif

@@ -458,9 +458,11 @@ static double train_batch(golden_binary_model *m, const int n, const float *x, c
 {
     m->step += 1;
     m->lr_now = m->lr;
+    /* the team: one thread below GC_TEAM_FLOPS, fewer while a core is shared (gc_team.h) */
     gc_team(&m->guard, m->threads, 266.0 + 142.0 * n);
     #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
     {
+        /* a sampled call: how long each thread waits for a CPU meanwhile */
         const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
         train_program(m, n, x, x_rows, v_t);
         if (m->guard.sampled)
@@ -478,9 +480,11 @@ double golden_binary_train_step(golden_binary_model *m, const float *x, const fl
 
 double golden_binary_gradients(golden_binary_model *m, const float *x, const float *v_t, int n)
 {
+    /* the team: one thread below GC_TEAM_FLOPS, fewer while a core is shared (gc_team.h) */
     gc_team(&m->guard, m->threads, 7.0 + 142.0 * n);
     #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
     {
+        /* a sampled call: how long each thread waits for a CPU meanwhile */
         const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
         grad_program(m, n, x, v_t);
         if (m->guard.sampled)
@@ -515,9 +519,11 @@ double golden_binary_evaluate(golden_binary_model *m, const float *x, const floa
     double total = 0.0, right = 0.0;
     for (int64_t start = 0; start < count; start += BATCH) {
         const int n = (int)(count - start < BATCH ? count - start : BATCH);
+        /* the team: one thread below GC_TEAM_FLOPS, fewer while a core is shared (gc_team.h) */
         gc_team(&m->guard, m->threads, 0.0 + 63.0 * n);
         #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
         {
+            /* a sampled call: how long each thread waits for a CPU meanwhile */
             const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
             eval_program(m, n, x + (size_t)start * 4, v_t + (size_t)start * 1);
             if (m->guard.sampled)
@@ -536,9 +542,11 @@ void golden_binary_predict(golden_binary_model *m, const float *x, int64_t count
 {
     for (int64_t start = 0; start < count; start += BATCH) {
         const int n = (int)(count - start < BATCH ? count - start : BATCH);
+        /* the team: one thread below GC_TEAM_FLOPS, fewer while a core is shared (gc_team.h) */
         gc_team(&m->guard, m->threads, 0.0 + 60.0 * n);
         #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
         {
+            /* a sampled call: how long each thread waits for a CPU meanwhile */
             const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
             infer_program(m, n, x + (size_t)start * 4);
             if (m->guard.sampled)

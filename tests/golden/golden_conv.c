@@ -657,9 +657,11 @@ static double train_batch(golden_conv_model *m, const int n, const float *x, con
 {
     m->step += 1;
     m->lr_now = m->lr;
+    /* the team: one thread below GC_TEAM_FLOPS, fewer while a core is shared (gc_team.h) */
     gc_team(&m->guard, m->threads, 406.0 + 3410.0 * n);
     #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
     {
+        /* a sampled call: how long each thread waits for a CPU meanwhile */
         const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
         train_program(m, n, x, y);
         if (m->guard.sampled)
@@ -677,9 +679,11 @@ double golden_conv_train_step(golden_conv_model *m, const float *x, const int32_
 
 double golden_conv_gradients(golden_conv_model *m, const float *x, const int32_t *y, int n)
 {
+    /* the team: one thread below GC_TEAM_FLOPS, fewer while a core is shared (gc_team.h) */
     gc_team(&m->guard, m->threads, 21.0 + 3410.0 * n);
     #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
     {
+        /* a sampled call: how long each thread waits for a CPU meanwhile */
         const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
         grad_program(m, n, x, y);
         if (m->guard.sampled)
@@ -716,9 +720,11 @@ double golden_conv_evaluate(golden_conv_model *m, const float *x, const int32_t 
     double total = 0.0, right = 0.0;
     for (int64_t start = 0; start < count; start += BATCH) {
         const int n = (int)(count - start < BATCH ? count - start : BATCH);
+        /* the team: one thread below GC_TEAM_FLOPS, fewer while a core is shared (gc_team.h) */
         gc_team(&m->guard, m->threads, 0.0 + 1510.0 * n);
         #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
         {
+            /* a sampled call: how long each thread waits for a CPU meanwhile */
             const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
             eval_program(m, n, x + (size_t)start * 36, y + (size_t)start * 1);
             if (m->guard.sampled)
@@ -737,9 +743,11 @@ void golden_conv_predict(golden_conv_model *m, const float *x, int64_t count, fl
 {
     for (int64_t start = 0; start < count; start += BATCH) {
         const int n = (int)(count - start < BATCH ? count - start : BATCH);
+        /* the team: one thread below GC_TEAM_FLOPS, fewer while a core is shared (gc_team.h) */
         gc_team(&m->guard, m->threads, 0.0 + 1500.0 * n);
         #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
         {
+            /* a sampled call: how long each thread waits for a CPU meanwhile */
             const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
             infer_program(m, n, x + (size_t)start * 36);
             if (m->guard.sampled)

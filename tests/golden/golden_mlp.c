@@ -433,9 +433,11 @@ static double train_batch(golden_mlp_model *m, const int n, const float *x, cons
 {
     m->step += 1;
     m->lr_now = m->lr;
+    /* the team: one thread below GC_TEAM_FLOPS, fewer while a core is shared (gc_team.h) */
     gc_team(&m->guard, m->threads, 40.0 + 299.0 * n);
     #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
     {
+        /* a sampled call: how long each thread waits for a CPU meanwhile */
         const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
         train_program(m, n, x, x_rows, y);
         if (m->guard.sampled)
@@ -453,9 +455,11 @@ double golden_mlp_train_step(golden_mlp_model *m, const float *x, const int32_t 
 
 double golden_mlp_gradients(golden_mlp_model *m, const float *x, const int32_t *y, int n)
 {
+    /* the team: one thread below GC_TEAM_FLOPS, fewer while a core is shared (gc_team.h) */
     gc_team(&m->guard, m->threads, 10.0 + 299.0 * n);
     #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
     {
+        /* a sampled call: how long each thread waits for a CPU meanwhile */
         const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
         grad_program(m, n, x, y);
         if (m->guard.sampled)
@@ -490,9 +494,11 @@ double golden_mlp_evaluate(golden_mlp_model *m, const float *x, const int32_t *y
     double total = 0.0, right = 0.0;
     for (int64_t start = 0; start < count; start += BATCH) {
         const int n = (int)(count - start < BATCH ? count - start : BATCH);
+        /* the team: one thread below GC_TEAM_FLOPS, fewer while a core is shared (gc_team.h) */
         gc_team(&m->guard, m->threads, 0.0 + 128.0 * n);
         #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
         {
+            /* a sampled call: how long each thread waits for a CPU meanwhile */
             const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
             eval_program(m, n, x + (size_t)start * 5, y + (size_t)start * 1);
             if (m->guard.sampled)
@@ -511,9 +517,11 @@ void golden_mlp_predict(golden_mlp_model *m, const float *x, int64_t count, floa
 {
     for (int64_t start = 0; start < count; start += BATCH) {
         const int n = (int)(count - start < BATCH ? count - start : BATCH);
+        /* the team: one thread below GC_TEAM_FLOPS, fewer while a core is shared (gc_team.h) */
         gc_team(&m->guard, m->threads, 0.0 + 118.0 * n);
         #pragma omp parallel num_threads(m->guard.team) if (m->guard.team > 1)
         {
+            /* a sampled call: how long each thread waits for a CPU meanwhile */
             const int64_t waited = m->guard.sampled ? gc_run_delay() : 0;
             infer_program(m, n, x + (size_t)start * 5);
             if (m->guard.sampled)

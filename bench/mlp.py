@@ -138,7 +138,7 @@ def graphc_trainer(
             seed=0,
             num_threads=threads,
             cflags=cflags,
-        )  # fmt: skip
+        )
     )
 
     def train(epochs: int) -> None:

@@ -38,8 +38,9 @@ def graphc_trainer(kind: str, X: np.ndarray, y: np.ndarray, threads: int) -> Cal
     h = getattr(gc, kind)(gc.one_hot(ids, VOCAB), HIDDEN, return_sequences=True, name=kind)
     logits = gc.dense(h, VOCAB, name="out")
     g.minimize(gc.softmax_cross_entropy(logits, targets))
-    model = gc.compile(g, batch_size=BATCH, optimizer=gc.Adam(lr=2e-3), num_threads=threads)
-    common.timed(model)
+    model = common.timed(
+        gc.compile(g, batch_size=BATCH, optimizer=gc.Adam(lr=2e-3), num_threads=threads)
+    )
     return lambda: model.fit(X, y, epochs=1)
 
 

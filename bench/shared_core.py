@@ -30,7 +30,9 @@ import sys
 import common
 import mlp
 
-BUSY = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True:\n    pass\n"
+from graphc.build import default_flags, find_compiler
+
+BUSY = "import os, sys\nos.sched_setaffinity(0, [int(sys.argv[1])])\nwhile True:\n    pass\n"
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -42,8 +44,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 5)
     w = mlp.workloads(args.quick)[0]
-    from graphc.build import default_flags, find_compiler
-
     flags = default_flags(find_compiler())
     guarded = len(common.MODELS)  # the index of the guarded build's model
     models = {

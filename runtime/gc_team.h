@@ -66,7 +66,6 @@
 typedef struct {
     int team;         /* threads of the current call */
     int sampled;      /* the current call is sampled */
-    int trying;       /* the current call is a try: the whole team again after a stretch */
     int asked;        /* threads the current call was asked to run on */
     int off;          /* no run_delay to read here */
     int drop;         /* threads left out (0: the whole team is trusted) */
@@ -106,6 +105,20 @@ static inline int64_t gc_run_delay(void)
 #endif
 }
 
+/* Whether the current call is a try: the whole team again after a stretch. */
+static inline int gc_guard_trying(const gc_guard *g)
+{
+    return g->drop > 0 && g->team == g->asked;
+}
+
+/* Forget the samples since the last judgement. */
+static inline void gc_guard_restart(gc_guard *g)
+{
+    g->spent = 0.0;
+    g->waited = 0;
+    g->samples = 0;
+}
+
 /* The team of a call of `work` flops on a model asking for `threads`: sets g->team, and
    g->sampled when this call is sampled (every call of a try, else one per
    GC_GUARD_EVERY seconds; a call on one thread has nothing to judge). */
@@ -125,15 +138,12 @@ static inline void gc_team(gc_guard *g, int threads, double work)
         g->reduced += 1;
         g->team = threads > g->drop ? threads - g->drop : 1;
     }
-    g->trying = g->drop > 0 && g->team == threads;
     g->asked = threads;
     if (g->team != g->judged) { /* a judgement weighs samples of one team size */
         g->judged = g->team;
-        g->spent = 0.0;
-        g->waited = 0;
-        g->samples = 0;
+        gc_guard_restart(g);
     }
-    if (g->team > 1 && (g->trying || now >= g->next)) {
+    if (g->team > 1 && (gc_guard_trying(g) || now >= g->next)) {
         g->sampled = 1;
         g->start = now;
     }
@@ -170,7 +180,7 @@ static inline void gc_guard_judge(gc_guard *g)
     g->samples += 1;
     g->next = now + GC_GUARD_EVERY;
     const double waiting = (double)g->waited * 1e-9 / g->spent;
-    const double enough = g->trying ? GC_GUARD_EARLY_TRY : GC_GUARD_EARLY;
+    const double enough = gc_guard_trying(g) ? GC_GUARD_EARLY_TRY : GC_GUARD_EARLY;
     if (g->samples < GC_GUARD_SAMPLES && !(g->spent >= enough && waiting > GC_GUARD_CLEAR))
         return;
     if (g->stretch <= 0.0)
@@ -188,9 +198,7 @@ static inline void gc_guard_judge(gc_guard *g)
         g->drop = 0;
         g->stretch = GC_GUARD_STRETCH;
     }
-    g->spent = 0.0;
-    g->waited = 0;
-    g->samples = 0;
+    gc_guard_restart(g);
 #else
     (void)g;
 #endif

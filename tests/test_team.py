@@ -10,6 +10,11 @@ One model per op family; 13 rows per step (batch 16), so bands and blocks come o
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
@@ -116,11 +121,6 @@ def test_the_guard_drops_threads_while_the_cores_are_shared():
     """With a busy process on every CPU, the team's threads wait for a CPU about half the
     time: the guard (runtime/gc_team.h) runs calls on fewer threads, and training still
     ends with the bits of a model trained on one thread."""
-    import os
-    import subprocess
-    import sys
-    import time
-
     from graphc.build import find_compiler, openmp_flags
 
     if not openmp_flags(find_compiler()):
